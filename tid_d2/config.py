@@ -1,0 +1,114 @@
+"""`add_tid_config(cfg)`: every config key this project adds to Detectron2's defaults."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_tid_config"]
+
+
+def _add_dense_head_config(node: CN, num_classes: int = 80) -> None:
+    """Keys shared by the GFL, ATSS and FCOS heads."""
+    node.NUM_CLASSES = num_classes
+    node.IN_FEATURES = ["p3", "p4", "p5", "p6", "p7"]
+    node.NUM_CONVS = 4
+    node.HEAD_NORM = "GN"
+    node.PRIOR_PROB = 0.01
+    node.SCORE_THRESH_TEST = 0.05
+    node.TOPK_CANDIDATES_TEST = 1000
+    node.NMS_THRESH_TEST = 0.6
+
+
+def add_tid_config(cfg: CN) -> CN:
+    """Add the MODEL.GFL/ATSS/FCOS/TEACHER/TID/DISTILL keys (in place; also returns cfg)."""
+    _C = cfg
+
+    # --- Backbones ---------------------------------------------------------------------------
+    # P6/P7 built from P5 (as GFL/ATSS/FCOS do) when TOP_BLOCK_IN == "p5", from C5 when "res5".
+    _C.MODEL.FPN.TOP_BLOCK_IN = "p5"
+    # A narrow ResNet-like backbone for CPU-sized runs (quickstart configs and tests).
+    _C.MODEL.TINY_RESNET = CN()
+    _C.MODEL.TINY_RESNET.WIDTHS = [16, 32, 64, 128]  # res2..res5 channels
+    _C.MODEL.TINY_RESNET.DEPTHS = [1, 1, 1, 1]  # basic blocks per stage
+    _C.MODEL.TINY_RESNET.STEM_WIDTH = 16
+    _C.MODEL.TINY_RESNET.NORM = "BN"
+
+    # --- GFL (Generalized Focal Loss V1) ------------------------------------------------------
+    _C.MODEL.GFL = CN()
+    _add_dense_head_config(_C.MODEL.GFL)
+    _C.MODEL.GFL.REG_MAX = 16
+    _C.MODEL.GFL.ANCHOR_SCALE = 8  # one square anchor of ANCHOR_SCALE * stride per location
+    _C.MODEL.GFL.ATSS_TOPK = 9
+    _C.MODEL.GFL.QFL_BETA = 2.0
+    _C.MODEL.GFL.LOSS_CLS_WEIGHT = 1.0
+    _C.MODEL.GFL.LOSS_DFL_WEIGHT = 0.25
+    _C.MODEL.GFL.LOSS_BOX_WEIGHT = 2.0
+
+    # --- ATSS ---------------------------------------------------------------------------------
+    _C.MODEL.ATSS = CN()
+    _add_dense_head_config(_C.MODEL.ATSS)
+    _C.MODEL.ATSS.ANCHOR_SCALE = 8
+    _C.MODEL.ATSS.ATSS_TOPK = 9
+    _C.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
+    _C.MODEL.ATSS.LOSS_BOX_WEIGHT = 2.0
+    _C.MODEL.ATSS.LOSS_CENTERNESS_WEIGHT = 1.0
+
+    # --- FCOS (Detectron2's own implementation, made buildable from YAML) ----------------------
+    _C.MODEL.FCOS = CN()
+    _add_dense_head_config(_C.MODEL.FCOS)
+    _C.MODEL.FCOS.CENTER_SAMPLING_RADIUS = 1.5
+    _C.MODEL.FCOS.FOCAL_LOSS_ALPHA = 0.25
+    _C.MODEL.FCOS.FOCAL_LOSS_GAMMA = 2.0
+
+    # --- Teacher ------------------------------------------------------------------------------
+    _C.MODEL.TEACHER = CN()
+    _C.MODEL.TEACHER.CONFIG_FILE = ""  # the teacher's own (plain detector) config
+    _C.MODEL.TEACHER.WEIGHTS = ""  # required: a checkpoint DetectionCheckpointer can load
+    _C.MODEL.TEACHER.OPTS = []  # extra overrides applied to the teacher config
+    _C.TEST.EVAL_TEACHER = False  # evaluate the teacher once before training
+
+    # --- Distillation (method-independent) ----------------------------------------------------
+    _C.MODEL.DISTILL = CN()
+    _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD (they combine)
+    _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
+    _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
+
+    # FitNet-style feature imitation: MSE over all FPN locations.
+    _C.MODEL.DISTILL.FITNET = CN()
+    _C.MODEL.DISTILL.FITNET.LOSS_WEIGHT = 1.0
+    # FGD: focal (fg/bg, spatial/channel attention) + global (GcBlock relation) distillation.
+    _C.MODEL.DISTILL.FGD = CN()
+    _C.MODEL.DISTILL.FGD.TEMPERATURE = 0.5
+    _C.MODEL.DISTILL.FGD.ALPHA = 0.001
+    _C.MODEL.DISTILL.FGD.BETA = 0.0005
+    _C.MODEL.DISTILL.FGD.GAMMA = 0.0005
+    _C.MODEL.DISTILL.FGD.LAMBDA = 0.000005
+    # PKD: MSE between per-channel standardized features (= 1 - Pearson correlation).
+    _C.MODEL.DISTILL.PKD = CN()
+    _C.MODEL.DISTILL.PKD.LOSS_WEIGHT = 6.0
+    # CWD: KL between per-channel spatial softmax distributions.
+    _C.MODEL.DISTILL.CWD = CN()
+    _C.MODEL.DISTILL.CWD.TAU = 1.0
+    _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0
+    # LD: KL between teacher and student GFL box distributions (GFL students only).
+    _C.MODEL.DISTILL.LD = CN()
+    _C.MODEL.DISTILL.LD.TAU = 10.0
+    _C.MODEL.DISTILL.LD.LOSS_WEIGHT = 0.25
+
+    # --- TID: Task Integration Distillation (see docs and ../shared/TID_METHOD.md) -------------
+    _C.MODEL.TID = CN()
+    _C.MODEL.TID.TASKS = "both"  # "both" | "cls" | "reg": which DIEM scores make the importance
+    _C.MODEL.TID.THRESHOLD_MODE = "assigner"  # "assigner" (per-GT ATSS threshold) | "fixed"
+    _C.MODEL.TID.POS_THRESH = 0.5  # thr_pos in "fixed" mode
+    _C.MODEL.TID.NEG_THRESH = 0.4  # thr_neg (both modes; clamped below thr_pos)
+    _C.MODEL.TID.SCORE_LEVELS = [2.0, 1.5, 0.4]  # DIEM's good / moderate / poor score values
+    _C.MODEL.TID.CLS_TAU = 0.3  # tau: confidence of a "confident" class prediction
+    _C.MODEL.TID.CLS_TAU_BG = 0.05  # tau_bg: confidence below which background is "clean"
+    _C.MODEL.TID.KEY_THRESH = 2.25  # tau_K: key areas K = {Score^T >= tau_K}
+    _C.MODEL.TID.WEAK_THRESH = 0.4  # tau_W: weak areas W = {Score^T - Score^S >= tau_W} \ K
+    _C.MODEL.TID.LDAM = True  # off: only K and O areas
+    _C.MODEL.TID.SOFT_WEIGHTS = False  # weight K by Score^T and W by delta inside the areas
+    _C.MODEL.TID.ALPHA = 1.0  # weight of L_K
+    _C.MODEL.TID.BETA = 1.0  # weight of L_W
+    _C.MODEL.TID.GAMMA = 0.1  # weight of L_O (gamma < alpha, beta)
+    _C.MODEL.TID.LOSS_WEIGHT = 1.0  # lambda
+    _C.MODEL.TID.VIS_PERIOD = 0  # >0: the TID hook writes area sheets to TensorBoard this often
+    return cfg
