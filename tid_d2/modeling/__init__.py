@@ -1,0 +1,8 @@
+"""Detectors (registered in Detectron2's META_ARCH_REGISTRY on import) and their building blocks."""
+from . import backbone  # noqa: F401  (registers the backbones)
+from .atss import ATSS
+from .fcos import FCOS
+from .gfl import GFL
+from .outputs import DenseOutputs
+
+__all__ = ["ATSS", "FCOS", "GFL", "DenseOutputs"]

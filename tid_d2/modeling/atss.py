@@ -1,0 +1,153 @@
+"""ATSS: Adaptive Training Sample Selection (Zhang et al., CVPR 2020) on Detectron2."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.box_regression import Box2BoxTransform, Box2BoxTransformLinear
+
+from .dense_base import AnchorPointDetector, reduce_mean
+from .heads import DenseTowerHead
+from .losses import giou_loss_weighted, sigmoid_focal_loss
+
+__all__ = ["ATSS", "centerness_target"]
+
+_TO_SIDES = Box2BoxTransformLinear(normalize_by_size=False)
+
+
+def centerness_target(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
+    """FCOS centerness of anchor centres [R, 4] inside their GT boxes [R, 4] -> [R]."""
+    ltrb = _TO_SIDES.get_deltas(anchors, gt_boxes)
+    lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
+    ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (
+        tb.min(dim=1).values / tb.max(dim=1).values
+    )
+    return ratio.clamp(min=0).sqrt()
+
+
+@META_ARCH_REGISTRY.register()
+class ATSS(AnchorPointDetector):
+    """
+    ATSS: one anchor per location labelled by adaptive (mean + std IoU) selection; focal-loss
+    classification, GIoU on delta-decoded boxes weighted by centerness, a centerness branch (BCE);
+    scores at inference are sqrt(class score x centerness).
+    """
+
+    pred_names = ("cls", "reg", "ctr")
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        head,
+        head_in_features=None,
+        num_classes: int,
+        anchor_scale: float = 8.0,
+        atss_topk: int = 9,
+        focal_loss_alpha: float = 0.25,
+        focal_loss_gamma: float = 2.0,
+        loss_box_weight: float = 2.0,
+        loss_centerness_weight: float = 1.0,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pixel_mean,
+        pixel_std,
+        input_format: str = "BGR",
+    ):
+        super().__init__(
+            backbone,
+            head,
+            head_in_features,
+            num_classes=num_classes,
+            box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
+            anchor_scale=anchor_scale,
+            atss_topk=atss_topk,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+        )
+        self.focal_loss_alpha = focal_loss_alpha
+        self.focal_loss_gamma = focal_loss_gamma
+        self.loss_box_weight = loss_box_weight
+        self.loss_centerness_weight = loss_centerness_weight
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        c = cfg.MODEL.ATSS
+        shapes = backbone.output_shape()
+        head = DenseTowerHead(
+            cfg, [shapes[f] for f in c.IN_FEATURES], node_name="ATSS", reg_channels=4, with_centerness=True
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": c.IN_FEATURES,
+            "num_classes": c.NUM_CLASSES,
+            "anchor_scale": c.ANCHOR_SCALE,
+            "atss_topk": c.ATSS_TOPK,
+            "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
+            "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
+            "loss_box_weight": c.LOSS_BOX_WEIGHT,
+            "loss_centerness_weight": c.LOSS_CENTERNESS_WEIGHT,
+            "test_score_thresh": c.SCORE_THRESH_TEST,
+            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": c.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def pred_dims(self):
+        return [self.num_classes, 4, 1]
+
+    def level_deltas(self, reg: Tensor, stride: int) -> Tensor:
+        return reg
+
+    def level_scores(self, preds: Dict[str, Tensor]) -> Tensor:
+        return torch.sqrt(preds["cls"].sigmoid() * preds["ctr"].sigmoid())
+
+    def losses(self, anchors, strides, preds, gt_labels, gt_boxes) -> Dict[str, Tensor]:
+        """
+        Args:
+            anchors [A, 4], strides [A], preds {"cls": [N, A, K], "reg": [N, A, 4], "ctr": [N, A, 1]},
+            gt_labels [N, A] (K = background), gt_boxes [N, A, 4].
+        """
+        cls_logits = preds["cls"]
+        num_images = cls_logits.shape[0]
+        pos = gt_labels < self.num_classes
+        num_pos = pos.sum()
+        self.put_num_pos(num_pos.item(), num_images)
+        num_pos_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
+
+        target = F.one_hot(gt_labels, self.num_classes + 1)[..., :-1].to(cls_logits.dtype)
+        loss_cls = sigmoid_focal_loss(
+            cls_logits, target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+            reduction="sum",
+        ) / num_pos_avg
+
+        pos_anchor = anchors.expand(num_images, -1, -1)[pos]
+        pos_target = gt_boxes[pos]
+        pos_box = self.box2box_transform.apply_deltas(preds["reg"][pos], pos_anchor)
+        ctr_target = centerness_target(pos_anchor, pos_target)
+        ctr_avg = reduce_mean(ctr_target.sum()).clamp(min=1.0)
+        loss_box = giou_loss_weighted(pos_box, pos_target, ctr_target).sum() / ctr_avg
+        loss_ctr = F.binary_cross_entropy_with_logits(
+            preds["ctr"][pos].squeeze(-1), ctr_target, reduction="sum"
+        ) / num_pos_avg
+        return {
+            "loss_atss_cls": loss_cls,
+            "loss_atss_box": loss_box * self.loss_box_weight,
+            "loss_atss_ctr": loss_ctr * self.loss_centerness_weight,
+        }

@@ -1,0 +1,170 @@
+"""GFL: Generalized Focal Loss V1 (Li et al., NeurIPS 2020) on Detectron2."""
+from typing import Dict
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling.box_regression import Box2BoxTransformLinear
+from detectron2.structures import Boxes
+from detectron2.structures.boxes import matched_pairwise_iou
+
+from .dense_base import AnchorPointDetector, reduce_mean
+from .heads import DenseTowerHead
+from .losses import distribution_focal_loss, giou_loss_weighted, quality_focal_loss
+
+__all__ = ["GFL", "integral_decode"]
+
+
+def integral_decode(logits: Tensor, reg_max: int) -> Tensor:
+    """Expected value of each box side's distribution: [..., 4 * (reg_max + 1)] -> [..., 4]."""
+    probs = F.softmax(logits.reshape(*logits.shape[:-1], 4, reg_max + 1).float(), dim=-1)
+    bins = torch.arange(reg_max + 1, dtype=probs.dtype, device=probs.device)
+    return (probs * bins).sum(-1).to(logits.dtype)
+
+
+@META_ARCH_REGISTRY.register()
+class GFL(AnchorPointDetector):
+    """
+    GFL V1: the classification sigmoid is a joint class-quality (IoU) score trained with Quality
+    Focal Loss; each box side is a discrete distribution over 0..reg_max strides trained with
+    Distribution Focal Loss and GIoU on its expectation; ATSS assignment.
+    """
+
+    has_box_distributions = True
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone,
+        head,
+        head_in_features=None,
+        num_classes: int,
+        reg_max: int = 16,
+        anchor_scale: float = 8.0,
+        atss_topk: int = 9,
+        qfl_beta: float = 2.0,
+        loss_cls_weight: float = 1.0,
+        loss_dfl_weight: float = 0.25,
+        loss_box_weight: float = 2.0,
+        test_score_thresh: float = 0.05,
+        test_topk_candidates: int = 1000,
+        test_nms_thresh: float = 0.6,
+        max_detections_per_image: int = 100,
+        pixel_mean,
+        pixel_std,
+        input_format: str = "BGR",
+    ):
+        super().__init__(
+            backbone,
+            head,
+            head_in_features,
+            num_classes=num_classes,
+            box2box_transform=Box2BoxTransformLinear(normalize_by_size=False),
+            anchor_scale=anchor_scale,
+            atss_topk=atss_topk,
+            test_score_thresh=test_score_thresh,
+            test_topk_candidates=test_topk_candidates,
+            test_nms_thresh=test_nms_thresh,
+            max_detections_per_image=max_detections_per_image,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+            input_format=input_format,
+        )
+        self.reg_max = reg_max
+        self.qfl_beta = qfl_beta
+        self.loss_cls_weight = loss_cls_weight
+        self.loss_dfl_weight = loss_dfl_weight
+        self.loss_box_weight = loss_box_weight
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        c = cfg.MODEL.GFL
+        shapes = backbone.output_shape()
+        head = DenseTowerHead(
+            cfg,
+            [shapes[f] for f in c.IN_FEATURES],
+            node_name="GFL",
+            reg_channels=4 * (c.REG_MAX + 1),
+            with_centerness=False,
+        )
+        return {
+            "backbone": backbone,
+            "head": head,
+            "head_in_features": c.IN_FEATURES,
+            "num_classes": c.NUM_CLASSES,
+            "reg_max": c.REG_MAX,
+            "anchor_scale": c.ANCHOR_SCALE,
+            "atss_topk": c.ATSS_TOPK,
+            "qfl_beta": c.QFL_BETA,
+            "loss_cls_weight": c.LOSS_CLS_WEIGHT,
+            "loss_dfl_weight": c.LOSS_DFL_WEIGHT,
+            "loss_box_weight": c.LOSS_BOX_WEIGHT,
+            "test_score_thresh": c.SCORE_THRESH_TEST,
+            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
+            "test_nms_thresh": c.NMS_THRESH_TEST,
+            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
+        }
+
+    def pred_dims(self):
+        return [self.num_classes, 4 * (self.reg_max + 1)]
+
+    def level_deltas(self, reg: Tensor, stride: int) -> Tensor:
+        return integral_decode(reg, self.reg_max) * stride
+
+    def level_scores(self, preds: Dict[str, Tensor]) -> Tensor:
+        return preds["cls"].sigmoid()
+
+    def losses(self, anchors, strides, preds, gt_labels, gt_boxes) -> Dict[str, Tensor]:
+        """
+        Args:
+            anchors [A, 4], strides [A], preds {"cls": [N, A, K], "reg": [N, A, 4(n+1)]},
+            gt_labels [N, A] (K = background), gt_boxes [N, A, 4].
+        """
+        cls_logits, reg = preds["cls"], preds["reg"]
+        num_images = cls_logits.shape[0]
+        pos = gt_labels < self.num_classes  # [N, A]
+        num_pos = pos.sum()
+        self.put_num_pos(num_pos.item(), num_images)
+        num_pos_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
+
+        pos_stride = strides.expand_as(pos)[pos][:, None]  # [P, 1]
+        pos_anchor = anchors.expand(num_images, -1, -1)[pos] / pos_stride  # in stride units
+        pos_target = gt_boxes[pos] / pos_stride
+        pos_reg = reg[pos]  # [P, 4(n+1)]
+        pos_cls = cls_logits[pos]
+        pos_labels = gt_labels[pos]
+
+        transform = self.box2box_transform
+        pos_pred_box = transform.apply_deltas(integral_decode(pos_reg, self.reg_max), pos_anchor)
+        iou_target = torch.zeros(pos.shape, dtype=cls_logits.dtype, device=cls_logits.device)
+        weight = pos_cls.detach().sigmoid().max(dim=1).values  # [P]
+        if pos_pred_box.numel():
+            iou = matched_pairwise_iou(Boxes(pos_pred_box.detach()), Boxes(pos_target))
+            iou_target[pos] = iou.to(iou_target.dtype)
+        loss_cls = quality_focal_loss(
+            cls_logits.reshape(-1, self.num_classes),
+            gt_labels.reshape(-1),
+            iou_target.reshape(-1),
+            beta=self.qfl_beta,
+        ).sum() / num_pos_avg
+
+        weight_avg = reduce_mean(weight.sum()).clamp(min=1.0)
+        loss_box = giou_loss_weighted(pos_pred_box, pos_target, weight).sum() / weight_avg
+        side_target = transform.get_deltas(pos_anchor, pos_target).clamp(0, self.reg_max - 0.1)
+        loss_dfl = (
+            distribution_focal_loss(pos_reg.reshape(-1, self.reg_max + 1), side_target.reshape(-1))
+            * weight.repeat_interleave(4)
+        ).sum() / 4.0 / weight_avg
+        return {
+            "loss_gfl_cls": loss_cls * self.loss_cls_weight,
+            "loss_gfl_box": loss_box * self.loss_box_weight,
+            "loss_gfl_dfl": loss_dfl * self.loss_dfl_weight,
+        }
