@@ -67,31 +67,39 @@ def add_tid_config(cfg: CN) -> CN:
 
     # --- Distillation (method-independent) ----------------------------------------------------
     _C.MODEL.DISTILL = CN()
+    _C.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"  # the student, built from this config
     _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD (they combine)
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
 
-    # FitNet-style feature imitation: MSE over all FPN locations.
+    # FitNet-style feature imitation: MSE over all locations and channels of all FPN levels.
     _C.MODEL.DISTILL.FITNET = CN()
-    _C.MODEL.DISTILL.FITNET.LOSS_WEIGHT = 1.0
-    # FGD: focal (fg/bg, spatial/channel attention) + global (GcBlock relation) distillation.
+    _C.MODEL.DISTILL.FITNET.LOSS_WEIGHT = 1.0  # weight of the mean squared error
+    # FGD (Yang et al., CVPR 2022): focal (fg/bg masks, spatial/channel attention) + global
+    # (GcBlock relation) distillation; defaults: the authors' RetinaNet and GFL configs (sum reduction).
     _C.MODEL.DISTILL.FGD = CN()
-    _C.MODEL.DISTILL.FGD.TEMPERATURE = 0.5
-    _C.MODEL.DISTILL.FGD.ALPHA = 0.001
-    _C.MODEL.DISTILL.FGD.BETA = 0.0005
-    _C.MODEL.DISTILL.FGD.GAMMA = 0.0005
-    _C.MODEL.DISTILL.FGD.LAMBDA = 0.000005
-    # PKD: MSE between per-channel standardized features (= 1 - Pearson correlation).
+    _C.MODEL.DISTILL.FGD.TEMPERATURE = 0.5  # temperature of the spatial/channel attention
+    _C.MODEL.DISTILL.FGD.ALPHA = 0.001  # weight of the foreground feature loss
+    _C.MODEL.DISTILL.FGD.BETA = 0.0005  # weight of the background feature loss
+    _C.MODEL.DISTILL.FGD.GAMMA = 0.0005  # weight of the attention (mask) loss
+    _C.MODEL.DISTILL.FGD.LAMBDA = 0.000005  # weight of the global relation loss
+    # FPN levels distilled, each with its own context modules; 0: the student head's levels
+    # (len(MODEL.<DISTILL.STUDENT_META_ARCHITECTURE>.IN_FEATURES)).
+    _C.MODEL.DISTILL.FGD.NUM_LEVELS = 0
+    # PKD (Cao et al., NeurIPS 2022): MSE / 2 between per-channel standardized features (~ 1 - r).
     _C.MODEL.DISTILL.PKD = CN()
-    _C.MODEL.DISTILL.PKD.LOSS_WEIGHT = 6.0
-    # CWD: KL between per-channel spatial softmax distributions.
+    _C.MODEL.DISTILL.PKD.LOSS_WEIGHT = 10.0  # per level; mmrazor's dense-detector configs
+    # CWD (Shu et al., ICCV 2021): KL between per-channel spatial softmax distributions.
     _C.MODEL.DISTILL.CWD = CN()
-    _C.MODEL.DISTILL.CWD.TAU = 1.0
-    _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0
-    # LD: KL between teacher and student GFL box distributions (GFL students only).
+    _C.MODEL.DISTILL.CWD.TAU = 1.0  # softmax temperature
+    _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0  # per level; mmrazor's FPN detection configs
+    # LD (Zheng et al., CVPR 2022): KL between GFL box-side distributions (GFL teacher and student).
     _C.MODEL.DISTILL.LD = CN()
-    _C.MODEL.DISTILL.LD.TAU = 10.0
-    _C.MODEL.DISTILL.LD.LOSS_WEIGHT = 0.25
+    _C.MODEL.DISTILL.LD.TAU = 10.0  # softmax temperature
+    _C.MODEL.DISTILL.LD.LOSS_WEIGHT = 0.25  # main region: the student assigner's positives
+    _C.MODEL.DISTILL.LD.VLR_WEIGHT = 0.25  # valuable localization region (0 disables it)
+    _C.MODEL.DISTILL.LD.VLR_ALPHA = 0.25  # VLR: VLR_ALPHA * thr_pos <= DIoU(anchor, GT) < thr_pos
+    _C.MODEL.DISTILL.LD.MAIN_IOU_THRESH = 0.5  # teacher-box IoU main region if no extras["pos_mask"]
 
     # --- TID: Task Integration Distillation (see docs and ../shared/TID_METHOD.md) -------------
     _C.MODEL.TID = CN()

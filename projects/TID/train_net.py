@@ -1,0 +1,41 @@
+#!/usr/bin/env python
+"""
+Train or evaluate a GFL/ATSS/FCOS detector, or distill a teacher into a student, with Detectron2.
+
+    python projects/TID/train_net.py --config-file configs/TID-R50.yaml --num-gpus 8
+    python projects/TID/train_net.py --config-file configs/quickstart/GFL-teacher.yaml
+    python projects/TID/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS model_final.pth
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+
+from tid_d2.engine import TIDTrainer  # noqa: E402
+from tid_d2.tools_common import build_eval_model, setup_cfg  # noqa: E402
+
+
+def main(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    default_setup(cfg, args)
+    if args.eval_only:
+        model = build_eval_model(cfg, cfg.MODEL.WEIGHTS)
+        return TIDTrainer.test(cfg, model)
+    trainer = TIDTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

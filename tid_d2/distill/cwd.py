@@ -1,0 +1,69 @@
+"""CWD (Shu et al., ICCV 2021): channel-wise distillation of FPN features."""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from torch import Tensor, nn
+
+from ..modeling.outputs import DenseOutputs
+from .adapters import build_adapter
+from .base import DISTILLER_REGISTRY, Distiller
+from .fitnet import feature_pairs
+
+__all__ = ["CWD", "channel_wise_kl"]
+
+
+def channel_wise_kl(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
+    """
+    Turn every channel of [N, C, H, W] maps into a distribution over its H*W locations
+    (softmax(x / tau)) and return sum_{n,c} KL(teacher || student) * tau^2 / (N * C).
+    """
+    n, c = teacher.shape[:2]
+    log_p_t = F.log_softmax(teacher.reshape(n * c, -1) / tau, dim=1)
+    log_p_s = F.log_softmax(student.reshape(n * c, -1) / tau, dim=1)
+    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum()
+    return kl * tau**2 / (n * c)
+
+
+@DISTILLER_REGISTRY.register()
+class CWD(Distiller):
+    """
+    CWD: on every FPN level, KL divergence between the teacher's and the student's per-channel
+    spatial distributions (temperature tau), normalized by N*C, times the loss weight; summed over
+    levels.
+    """
+
+    name = "cwd"
+
+    @configurable
+    def __init__(self, *, adapter: nn.Module, tau: float, loss_weight: float):
+        """
+        Args:
+            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
+            tau: softmax temperature.
+            loss_weight: weight of each level's loss.
+        """
+        super().__init__()
+        if tau <= 0:
+            raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {tau}")
+        self.adapter = adapter
+        self.tau = tau
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
+        return {
+            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
+            "tau": cfg.MODEL.DISTILL.CWD.TAU,
+            "loss_weight": cfg.MODEL.DISTILL.CWD.LOSS_WEIGHT,
+        }
+
+    def forward(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Dict[str, Tensor]:
+        pairs = feature_pairs(teacher, student, self.adapter, "CWD")
+        per_level = torch.stack([channel_wise_kl(s, t, self.tau) for t, s in pairs])
+        self.diagnostics = {"cwd_per_level": per_level.detach()}
+        return {"loss_cwd": per_level.sum() * self.loss_weight * self.loss_scale}

@@ -1,0 +1,66 @@
+"""PKD (Cao et al., NeurIPS 2022): feature imitation with the Pearson correlation coefficient."""
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from torch import Tensor, nn
+
+from ..modeling.outputs import DenseOutputs
+from .adapters import build_adapter
+from .base import DISTILLER_REGISTRY, Distiller
+from .fitnet import feature_pairs
+
+__all__ = ["PKD", "standardize_channels"]
+
+
+def standardize_channels(x: Tensor, eps: float = 1e-6) -> Tensor:
+    """
+    Standardize every channel over the batch and the map: [N, C, H, W] -> [N, C, H, W] with zero
+    mean and unit (unbiased) std per channel over (N, H, W); eps is added to the std as PKD does.
+    """
+    dims = (0, 2, 3)
+    mean = x.mean(dim=dims, keepdim=True)
+    std = x.std(dim=dims, keepdim=True)
+    return (x - mean) / (std + eps)
+
+
+@DISTILLER_REGISTRY.register()
+class PKD(Distiller):
+    """
+    PKD: on every FPN level, MSE between the channel-standardized student and teacher maps,
+    divided by 2 (= 1 - Pearson r between the two maps, averaged over channels, up to the
+    unbiased-std factor), times the loss weight; summed over levels.
+    Student maps of another size are resized (bilinear) to the teacher's, as PKD does.
+    """
+
+    name = "pkd"
+
+    @configurable
+    def __init__(self, *, adapter: nn.Module, loss_weight: float):
+        """
+        Args:
+            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
+            loss_weight: weight of each level's loss.
+        """
+        super().__init__()
+        self.adapter = adapter
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
+        return {
+            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
+            "loss_weight": cfg.MODEL.DISTILL.PKD.LOSS_WEIGHT,
+        }
+
+    def forward(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Dict[str, Tensor]:
+        pairs = feature_pairs(teacher, student, self.adapter, "PKD", resize_student=True)
+        per_level = torch.stack(
+            [F.mse_loss(standardize_channels(s), standardize_channels(t)) / 2 for t, s in pairs]
+        )
+        self.diagnostics = {"pkd_per_level": per_level.detach()}
+        return {"loss_pkd": per_level.sum() * self.loss_weight * self.loss_scale}

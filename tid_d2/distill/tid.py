@@ -1,0 +1,565 @@
+"""
+TID (Task Integration Distillation): FPN feature imitation weighted by how well each detector does
+both of its tasks at each location. DIEM scores every location, LDAM splits the locations into
+key / weak / other areas, SFDM imitates the teacher's features with one loss per area.
+The method as this project implements it: ../shared/TID_METHOD.md.
+
+All maps are flat over levels: A = sum_l Hl*Wl locations in level order, then row-major inside a
+level (the order of `DenseOutputs.flat`).
+"""
+
+import logging
+import math
+from typing import Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from detectron2.utils.logger import log_first_n
+from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
+
+from ..modeling.outputs import DenseOutputs
+from .adapters import build_adapter
+from .base import DISTILLER_REGISTRY, Distiller
+
+__all__ = [
+    "TID",
+    "TIDDistiller",
+    "batched_iou",
+    "check_compatible",
+    "diem_scores",
+    "ldam_areas",
+    "level_names",
+    "pad_targets",
+    "sfdm_loss",
+]
+
+TASKS = ("both", "cls", "reg")
+THRESHOLD_MODES = ("assigner", "fixed")
+#: tolerance of LDAM's threshold tests, so that a product of DIEM levels equal to a threshold on
+#: paper (e.g. 1.5 * 1.5 = tau_K = 2.25) reaches it in floating point too.
+SCORE_EPS = 1e-6
+#: thr_pos never drops below this: a box that overlaps no GT is never positive.
+_MIN_POS_THRESH = 1e-6
+
+
+def batched_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
+    """
+    IoU of every predicted box with every GT box of the same image.
+
+    Args:
+        boxes: [N, A, 4] XYXY.
+        gt_boxes: [N, M, 4] XYXY.
+
+    Returns:
+        [N, A, M] float32 IoU (0 for degenerate pairs); at most three [N, A, M] buffers at once.
+    """
+    bx1, by1, bx2, by2 = boxes.float().unsqueeze(2).unbind(-1)  # [N, A, 1] each
+    gx1, gy1, gx2, gy2 = gt_boxes.float().unsqueeze(1).unbind(-1)  # [N, 1, M] each
+    inter = torch.min(bx2, gx2).sub_(torch.max(bx1, gx1)).clamp_(min=0)
+    inter.mul_(torch.min(by2, gy2).sub_(torch.max(by1, gy1)).clamp_(min=0))
+    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
+    area_g = (gx2 - gx1).clamp(min=0) * (gy2 - gy1).clamp(min=0)
+    union = (area_b + area_g).sub_(inter).clamp_(min=1e-9)
+    return inter.div_(union)
+
+
+@torch.no_grad()
+def diem_scores(
+    boxes: Tensor,
+    cls_logits: Tensor,
+    gt_boxes: Tensor,
+    gt_classes: Tensor,
+    gt_valid: Tensor,
+    thr_pos: Tensor,
+    thr_neg: float,
+    levels: Sequence[float],
+    tau: float,
+    tau_bg: float,
+    tasks: str = "both",
+) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """
+    DIEM: the dual-task importance of every location of one model (no gradient).
+
+    Args:
+        boxes: [N, A, 4] the model's decoded XYXY boxes.
+        cls_logits: [N, A, K] its class logits.
+        gt_boxes: [N, M, 4] XYXY GT boxes, padded; gt_classes: [N, M] int; gt_valid: [N, M] bool.
+        thr_pos: [N, M] the positive IoU threshold of each GT (assigner mode: the detector's own
+            per-GT threshold; fixed mode: one value everywhere). Padded entries are never used.
+        thr_neg: the negative IoU threshold; at each location it is clamped to <= thr_pos(k*).
+        levels: (hi, mid, lo) score values (MODEL.TID.SCORE_LEVELS, 2 / 1.5 / 0.4).
+        tau: confidence of a "confident" class prediction; tau_bg: confidence below which a
+            background location is "clean" (tau_bg <= tau).
+        tasks: "both": Score = Score_r * Score_c. Single-task modes score the dropped task as
+            if it were done well: "cls": Score = hi * Score_c, "reg": Score = hi * Score_r, so
+            Score keeps the range of "both" and tau_K / tau_W keep their meaning (with the
+            defaults, key = the kept task scores at least mid, as in "both" for each task).
+
+    Returns:
+        score, score_r, score_c: [N, A] float32 (score_r and score_c are always computed);
+        iou_max: [N, A] max IoU with the image's GTs (0 in images without GT);
+        k_star: [N, A] int64 index of the best GT, -1 in images without GT.
+
+    Score_r = hi if IoU_max >= thr_pos(k*), mid if thr_neg' < IoU_max < thr_pos(k*), else lo, with
+    thr_neg' = min(thr_neg, thr_pos(k*)). A location "sees an object" iff Score_r > lo; there
+    Score_c = hi (argmax class == class(k*), conf >= tau), mid (right class, conf < tau) or lo
+    (wrong class); elsewhere (background) Score_c = hi (conf < tau_bg), mid (tau_bg <= conf < tau)
+    or lo (conf >= tau). conf = max_k sigmoid(logit_k).
+    """
+    if tasks not in TASKS:
+        raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
+    hi, mid, lo = (float(v) for v in levels)
+    n, a = boxes.shape[:2]
+    if gt_boxes.shape[1] == 0:  # no GT in the whole batch: one invalid dummy keeps shapes uniform
+        gt_boxes = gt_boxes.new_zeros(n, 1, 4)
+        gt_classes = gt_classes.new_full((n, 1), -1)
+        gt_valid = gt_valid.new_zeros(n, 1)
+        thr_pos = thr_pos.new_ones(n, 1)
+
+    iou = batched_iou(boxes, gt_boxes).masked_fill_(~gt_valid[:, None, :], -1.0)
+    iou_max, k_star = iou.max(dim=2)  # [N, A]
+    del iou
+    has_gt = gt_valid.any(dim=1, keepdim=True).expand(n, a)
+    iou_max = iou_max.clamp_(min=0.0)
+    k_idx = k_star.masked_fill_(~has_gt, 0)
+
+    t_pos = thr_pos.float().gather(1, k_idx).clamp_(min=_MIN_POS_THRESH)
+    t_pos = t_pos.masked_fill_(~has_gt, math.inf)
+    positive = iou_max >= t_pos
+    # thr_neg clamped to <= thr_pos(k*): a positive location always sees an object
+    sees_object = positive | (iou_max > thr_neg)
+    score_r = torch.where(positive, hi, torch.where(sees_object, mid, lo))
+
+    max_logit, c_hat = cls_logits.max(dim=2)
+    conf = max_logit.float().sigmoid()
+    right_class = c_hat == gt_classes.gather(1, k_idx)
+    score_obj = torch.where(right_class, torch.where(conf >= tau, hi, mid), lo)
+    score_bg = torch.where(conf < tau_bg, hi, torch.where(conf < tau, mid, lo))
+    score_c = torch.where(sees_object, score_obj, score_bg)
+
+    if tasks == "both":
+        score = score_r * score_c
+    elif tasks == "cls":
+        score = hi * score_c
+    else:
+        score = hi * score_r
+    k_star = k_idx.masked_fill_(~has_gt, -1)
+    return score, score_r, score_c, iou_max, k_star
+
+
+@torch.no_grad()
+def ldam_areas(
+    score_t: Tensor, score_s: Tensor, tau_k: float, tau_w: float, ldam: bool = True
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    LDAM: split locations into key, weak and other areas.
+
+    Args:
+        score_t, score_s: [N, A] teacher / student DIEM importance.
+        tau_k: key areas K = {Score^T >= tau_k}.
+        tau_w: weak areas W = {Score^T - Score^S >= tau_w} minus K.
+        ldam: False: W is empty (only K and O).
+
+    Returns:
+        key, weak, other: [N, A] bool, pairwise disjoint, covering every location.
+        Threshold tests allow SCORE_EPS of float error.
+    """
+    key = score_t >= tau_k - SCORE_EPS
+    if ldam:
+        weak = ((score_t - score_s) >= tau_w - SCORE_EPS) & ~key
+    else:
+        weak = torch.zeros_like(key)
+    other = ~(key | weak)
+    return key, weak, other
+
+
+def _area_mean(dist: Tensor, mask: Tensor, weight: Optional[Tensor], channels: int) -> Tensor:
+    """Weighted mean of dist [N, A] over the area mask [N, A], divided by channels; 0 when empty."""
+    w = mask.to(dist.dtype)
+    if weight is not None:
+        w = w * weight.to(dist.dtype).clamp(min=0)
+    den = w.sum() * channels
+    return (dist * w).sum() / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def sfdm_loss(
+    feats_t: Union[Tensor, List[Tensor]],
+    feats_s: Union[Tensor, List[Tensor]],
+    key: Tensor,
+    weak: Tensor,
+    other: Tensor,
+    key_weight: Optional[Tensor] = None,
+    weak_weight: Optional[Tensor] = None,
+) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    SFDM: the decoupled imitation losses L_K, L_W, L_O.
+
+    Args:
+        feats_t: L x [N, C, Hl, Wl] teacher features (pass them detached), or one [N, C, H, W].
+        feats_s: the same shapes: student features already mapped by the adapter phi.
+        key, weak, other: [N, A] bool areas, A = sum Hl*Wl (level order, row-major).
+        key_weight, weak_weight: optional [N, A] soft weights inside K and W (TID: Score^T and
+            delta = Score^T - Score^S); negative values count as 0.
+
+    Returns:
+        L_K, L_W, L_O: 0-d float32 tensors. L_A = sum_{p in A} w_p * ||F^T_p - F^S_p||^2 /
+        (C * sum_{p in A} w_p), w_p = 1 without soft weights: the mean over the area's locations
+        (all levels and images of the batch pooled) and channels of the squared difference. Soft
+        weights are thus normalized to mean 1 inside the area: they only re-weight locations
+        against each other (uniform weights give the plain mean). An empty area gives exactly 0
+        and keeps the graph connected.
+    """
+    if isinstance(feats_t, Tensor):
+        feats_t, feats_s = [feats_t], [feats_s]
+    if len(feats_t) != len(feats_s):
+        raise ValueError(
+            f"sfdm_loss: {len(feats_t)} teacher feature levels but {len(feats_s)} student ones"
+        )
+    for lvl, (ft, fs) in enumerate(zip(feats_t, feats_s)):
+        if ft.shape != fs.shape:
+            raise ValueError(
+                f"sfdm_loss: level {lvl} teacher features {tuple(ft.shape)} != adapted student "
+                f"features {tuple(fs.shape)}"
+            )
+    dist = torch.cat(
+        [
+            (ft.float() - fs.float()).pow(2).sum(dim=1).flatten(1)
+            for ft, fs in zip(feats_t, feats_s)
+        ],
+        dim=1,
+    )  # [N, A]
+    if dist.shape != key.shape:
+        raise ValueError(
+            f"sfdm_loss: features give {tuple(dist.shape)} locations, "
+            f"area masks are {tuple(key.shape)}"
+        )
+    channels = feats_t[0].shape[1]
+    return (
+        _area_mean(dist, key, key_weight, channels),
+        _area_mean(dist, weak, weak_weight, channels),
+        _area_mean(dist, other, None, channels),
+    )
+
+
+def level_names(strides: Sequence[int]) -> List[str]:
+    """FPN level names from strides: stride 8 -> "p3"."""
+    return [f"p{int(round(math.log2(s)))}" for s in strides]
+
+
+def pad_targets(targets: List[Instances], device) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    Pad the GTs of a batch: gt_boxes [N, M, 4] float32, gt_classes [N, M] int64 (-1 padding),
+    gt_valid [N, M] bool, M = the most GTs in one image (0 when the batch has none).
+    """
+    boxes = pad_sequence(
+        [t.gt_boxes.tensor.to(device=device, dtype=torch.float32) for t in targets],
+        batch_first=True,
+    )
+    classes = pad_sequence(
+        [t.gt_classes.to(device=device, dtype=torch.int64) for t in targets],
+        batch_first=True,
+        padding_value=-1,
+    )
+    lengths = torch.tensor([len(t) for t in targets]).to(device, non_blocking=True)
+    valid = torch.arange(boxes.shape[1], device=device)[None] < lengths[:, None]
+    return boxes, classes, valid
+
+
+def check_compatible(teacher: DenseOutputs, student: DenseOutputs, num_images: int) -> None:
+    """Raise a ValueError unless teacher and student describe the same batch and level layout."""
+    if teacher.num_levels != student.num_levels:
+        raise ValueError(
+            f"TID: teacher has {teacher.num_levels} FPN levels, student {student.num_levels}; "
+            "their heads must use the same IN_FEATURES"
+        )
+    if list(teacher.strides) != list(student.strides):
+        raise ValueError(
+            f"TID: teacher strides {list(teacher.strides)} != "
+            f"student strides {list(student.strides)}"
+        )
+    if teacher.num_classes != student.num_classes:
+        raise ValueError(
+            f"TID: teacher predicts {teacher.num_classes} classes, student {student.num_classes}; "
+            "both must be trained on the same dataset (NUM_CLASSES)"
+        )
+    if teacher.level_shapes != student.level_shapes:
+        raise ValueError(
+            f"TID: teacher level shapes {teacher.level_shapes} != student {student.level_shapes}: "
+            "teacher and student must see the same padded image batch (same INPUT sizes and "
+            "SIZE_DIVISIBILITY)"
+        )
+    if list(teacher.image_sizes) != list(student.image_sizes):
+        raise ValueError(
+            f"TID: teacher image sizes {list(teacher.image_sizes)} != student "
+            f"{list(student.image_sizes)}: both must see the same image batch"
+        )
+    for who, out in (("teacher", teacher), ("student", student)):
+        for lvl, (h, w) in enumerate(out.level_shapes):
+            if out.features[lvl].shape[0] != num_images:
+                raise ValueError(
+                    f"TID: {who}.features[{lvl}] holds {out.features[lvl].shape[0]} images, "
+                    f"targets {num_images}"
+                )
+            want = (num_images, h * w)
+            for name in ("boxes", "cls_logits"):
+                got = tuple(getattr(out, name)[lvl].shape[:2])
+                if got != want:
+                    raise ValueError(
+                        f"TID: {who}.{name}[{lvl}] has shape {got}[...], expected {want} "
+                        f"({num_images} targets, level {h}x{w})"
+                    )
+
+
+@DISTILLER_REGISTRY.register()
+class TID(Distiller):
+    """
+    Task Integration Distillation. Losses (each times MODEL.TID.LOSS_WEIGHT and `loss_scale`):
+    loss_tid_key = alpha * L_K, loss_tid_weak = beta * L_W, loss_tid_other = gamma * L_O.
+    Areas and scores are computed without gradient from both models' predictions; the teacher's
+    features are detached; the student's pass through one adapter shared by all levels.
+    """
+
+    name = "tid"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher_channels: int,
+        student_channels: int,
+        adapter: str = "auto",
+        tasks: str = "both",
+        threshold_mode: str = "assigner",
+        pos_thresh: float = 0.5,
+        neg_thresh: float = 0.4,
+        score_levels: Sequence[float] = (2.0, 1.5, 0.4),
+        cls_tau: float = 0.3,
+        cls_tau_bg: float = 0.05,
+        key_thresh: float = 2.25,
+        weak_thresh: float = 0.4,
+        ldam: bool = True,
+        soft_weights: bool = False,
+        alpha: float = 1.0,
+        beta: float = 1.0,
+        gamma: float = 0.1,
+        loss_weight: float = 1.0,
+    ):
+        """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER."""
+        super().__init__()
+        tasks, threshold_mode = str(tasks).lower(), str(threshold_mode).lower()
+        if tasks not in TASKS:
+            raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
+        if threshold_mode not in THRESHOLD_MODES:
+            raise ValueError(
+                f"MODEL.TID.THRESHOLD_MODE must be one of {THRESHOLD_MODES}, got '{threshold_mode}'"
+            )
+        levels = tuple(float(v) for v in score_levels)
+        if len(levels) != 3 or not levels[0] >= levels[1] >= levels[2] >= 0:
+            raise ValueError(
+                "MODEL.TID.SCORE_LEVELS must be [hi, mid, lo] with hi >= mid >= lo >= 0, "
+                f"got {score_levels}"
+            )
+        if not 0 < pos_thresh <= 1 or not 0 <= neg_thresh <= 1:
+            raise ValueError(
+                f"MODEL.TID.POS_THRESH must be in (0, 1] and NEG_THRESH in [0, 1], got "
+                f"{pos_thresh} / {neg_thresh}"
+            )
+        if not 0 <= cls_tau_bg <= cls_tau <= 1:
+            raise ValueError(
+                f"MODEL.TID.CLS_TAU_BG <= CLS_TAU must hold in [0, 1], got {cls_tau_bg} / {cls_tau}"
+            )
+        for key, v in (
+            ("ALPHA", alpha),
+            ("BETA", beta),
+            ("GAMMA", gamma),
+            ("LOSS_WEIGHT", loss_weight),
+        ):
+            if v < 0:
+                raise ValueError(f"MODEL.TID.{key} must be >= 0, got {v}")
+        self.teacher_channels = teacher_channels
+        self.student_channels = student_channels
+        self.adapter = build_adapter(adapter, student_channels, teacher_channels)
+        self.tasks = tasks
+        self.threshold_mode = threshold_mode
+        self.pos_thresh = float(pos_thresh)
+        self.neg_thresh = float(neg_thresh)
+        self.score_levels = levels
+        self.cls_tau = float(cls_tau)
+        self.cls_tau_bg = float(cls_tau_bg)
+        self.key_thresh = float(key_thresh)
+        self.weak_thresh = float(weak_thresh)
+        self.ldam = bool(ldam)
+        self.soft_weights = bool(soft_weights)
+        self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
+        self.loss_weight = float(loss_weight)
+
+    @classmethod
+    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
+        t = cfg.MODEL.TID
+        return {
+            "teacher_channels": teacher_channels,
+            "student_channels": student_channels,
+            "adapter": cfg.MODEL.DISTILL.ADAPTER,
+            "tasks": t.TASKS,
+            "threshold_mode": t.THRESHOLD_MODE,
+            "pos_thresh": t.POS_THRESH,
+            "neg_thresh": t.NEG_THRESH,
+            "score_levels": t.SCORE_LEVELS,
+            "cls_tau": t.CLS_TAU,
+            "cls_tau_bg": t.CLS_TAU_BG,
+            "key_thresh": t.KEY_THRESH,
+            "weak_thresh": t.WEAK_THRESH,
+            "ldam": t.LDAM,
+            "soft_weights": t.SOFT_WEIGHTS,
+            "alpha": t.ALPHA,
+            "beta": t.BETA,
+            "gamma": t.GAMMA,
+            "loss_weight": t.LOSS_WEIGHT,
+        }
+
+    def _pos_thresholds(
+        self,
+        model: DenseOutputs,
+        other: DenseOutputs,
+        who: str,
+        targets: List[Instances],
+        valid: Tensor,
+    ) -> Tensor:
+        """
+        thr_pos [N, M] of one model: POS_THRESH in fixed mode; in assigner mode its own per-GT
+        thresholds, else the other model's (same GTs and anchor layout), else POS_THRESH (both
+        assigners not IoU based, e.g. FCOS; logged once).
+        """
+        thresholds = None if self.threshold_mode == "fixed" else model.pos_thresholds
+        if thresholds is None and self.threshold_mode == "assigner":
+            thresholds = other.pos_thresholds
+            if thresholds is None:
+                log_first_n(
+                    logging.WARNING,
+                    "MODEL.TID.THRESHOLD_MODE='assigner' but neither teacher nor student gives "
+                    f"DenseOutputs.pos_thresholds; using MODEL.TID.POS_THRESH={self.pos_thresh}",
+                    name=__name__,
+                )
+        if thresholds is None:
+            return valid.new_full(valid.shape, self.pos_thresh, dtype=torch.float32)
+        if len(thresholds) != len(targets):
+            raise ValueError(
+                f"TID: {who} pos_thresholds has {len(thresholds)} entries for {len(targets)} images"
+            )
+        for i, (thr, t) in enumerate(zip(thresholds, targets)):
+            if thr.numel() != len(t):
+                raise ValueError(
+                    f"TID: {who} pos_thresholds[{i}] has {thr.numel()} values for {len(t)} GT boxes"
+                )
+        return pad_sequence(
+            [thr.reshape(-1).to(device=valid.device, dtype=torch.float32) for thr in thresholds],
+            batch_first=True,
+            padding_value=1.0,
+        )
+
+    @torch.no_grad()
+    def compute_scores(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Dict[str, Tensor]:
+        """
+        DIEM of both models and LDAM areas, flat over levels: a dict of [N, A] tensors
+        score_t, score_s, delta, score_r_t, score_c_t, score_r_s, score_c_s, iou_t, iou_s
+        (float32) and key, weak, other (bool).
+        """
+        n = len(targets)
+        check_compatible(teacher, student, n)
+        for who, out, want in (
+            ("teacher", teacher, self.teacher_channels),
+            ("student", student, self.student_channels),
+        ):
+            got = out.features[0].shape[1]
+            if got != want:
+                raise ValueError(
+                    f"TID was built for {who} features with {want} channels, got {got}"
+                )
+        device = teacher.features[0].device
+        gt_boxes, gt_classes, gt_valid = pad_targets(targets, device)
+        out = {}
+        for suffix, model, other in (("t", teacher, student), ("s", student, teacher)):
+            thr_pos = self._pos_thresholds(
+                model, other, "teacher" if suffix == "t" else "student", targets, gt_valid
+            )
+            score, score_r, score_c, iou_max, _ = diem_scores(
+                model.flat("boxes"),
+                model.flat("cls_logits"),
+                gt_boxes,
+                gt_classes,
+                gt_valid,
+                thr_pos,
+                self.neg_thresh,
+                self.score_levels,
+                self.cls_tau,
+                self.cls_tau_bg,
+                self.tasks,
+            )
+            out[f"score_{suffix}"], out[f"iou_{suffix}"] = score, iou_max
+            out[f"score_r_{suffix}"], out[f"score_c_{suffix}"] = score_r, score_c
+        out["delta"] = out["score_t"] - out["score_s"]
+        out["key"], out["weak"], out["other"] = ldam_areas(
+            out["score_t"], out["score_s"], self.key_thresh, self.weak_thresh, self.ldam
+        )
+        return out
+
+    def forward(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Dict[str, Tensor]:
+        s = self.compute_scores(teacher, student, targets)
+        feats_t = [f.detach() for f in teacher.features]
+        feats_s = [self.adapter(f) for f in student.features]
+        l_key, l_weak, l_other = sfdm_loss(
+            feats_t,
+            feats_s,
+            s["key"],
+            s["weak"],
+            s["other"],
+            key_weight=s["score_t"] if self.soft_weights else None,
+            weak_weight=s["delta"] if self.soft_weights else None,
+        )
+        self.diagnostics = self._diagnostics(s, teacher)
+        scale = self.loss_weight * self.loss_scale
+        return {
+            "loss_tid_key": l_key * (scale * self.alpha),
+            "loss_tid_weak": l_weak * (scale * self.beta),
+            "loss_tid_other": l_other * (scale * self.gamma),
+        }
+
+    @torch.no_grad()
+    def _diagnostics(self, s: Dict[str, Tensor], outputs: DenseOutputs) -> Dict[str, Tensor]:
+        """Per level: fraction of locations in each area and mean importance of each model (0-d)."""
+        maps = [s["key"], s["weak"], s["other"], s["score_t"], s["score_s"]]
+        stats = torch.stack([m.float() for m in maps]).mean(dim=1)  # [5, A]
+        sizes = [h * w for h, w in outputs.level_shapes]
+        per_level = torch.stack([x.mean(dim=1) for x in stats.split(sizes, dim=1)], dim=1)  # [5, L]
+        stat_names = ("frac_key", "frac_weak", "frac_other", "imp_teacher", "imp_student")
+        return {
+            f"tid/{lvl}/{stat}": per_level[i, j]
+            for j, lvl in enumerate(level_names(outputs.strides))
+            for i, stat in enumerate(stat_names)
+        }
+
+    @torch.no_grad()
+    def areas(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Dict[str, Dict[str, Tensor]]:
+        """
+        For visualizers: {level name: {map name: [N, Hl, Wl]}}, the maps of `compute_scores`
+        (key/weak/other bool; scores, delta and IoU float).
+        """
+        s = self.compute_scores(teacher, student, targets)
+        shapes = teacher.level_shapes
+        sizes = [h * w for h, w in shapes]
+        split = {k: v.split(sizes, dim=1) for k, v in s.items()}
+        return {
+            lvl: {k: v[j].reshape(-1, h, w) for k, v in split.items()}
+            for j, (lvl, (h, w)) in enumerate(zip(level_names(teacher.strides), shapes))
+        }
+
+
+TIDDistiller = TID

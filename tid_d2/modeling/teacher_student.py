@@ -1,0 +1,171 @@
+"""`TeacherStudent`: the meta-architecture that distills a frozen teacher into a trainable student."""
+import logging
+import os
+from typing import Dict, List
+
+import torch
+from torch import nn
+
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.config import configurable, get_cfg
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+
+from ..distill.base import build_distillers
+from .dense_base import level_names
+
+__all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible"]
+
+logger = logging.getLogger(__name__)
+
+
+def _resolve(path: str) -> str:
+    """A config path as given, else relative to this project's root (so configs name each other)."""
+    if os.path.isfile(path) or os.path.isabs(path):
+        return path
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    candidate = os.path.join(root, path)
+    return candidate if os.path.isfile(candidate) else path
+
+
+def build_teacher_cfg(cfg):
+    """The teacher's own config: MODEL.TEACHER.CONFIG_FILE + MODEL.TEACHER.OPTS, on this device."""
+    from ..config import add_tid_config
+
+    path = cfg.MODEL.TEACHER.CONFIG_FILE
+    if not path:
+        raise ValueError("MODEL.TEACHER.CONFIG_FILE is empty: set it to the teacher's config file.")
+    resolved = _resolve(path)
+    if not os.path.isfile(resolved):
+        raise FileNotFoundError(f"MODEL.TEACHER.CONFIG_FILE not found: {path}")
+    tcfg = add_tid_config(get_cfg())
+    tcfg.merge_from_file(resolved)
+    tcfg.merge_from_list(list(cfg.MODEL.TEACHER.OPTS))
+    tcfg.MODEL.DEVICE = cfg.MODEL.DEVICE
+    if tcfg.MODEL.META_ARCHITECTURE == "TeacherStudent":
+        raise ValueError(f"the teacher config {path} is itself a TeacherStudent; give a detector config")
+    return tcfg
+
+
+def load_teacher(teacher: nn.Module, weights: str) -> nn.Module:
+    """
+    Load teacher weights strictly: a missing file, or weights whose keys or shapes do not fit the
+    teacher, is an error naming the file and the first mismatching keys.
+    """
+    if not weights:
+        raise ValueError("MODEL.TEACHER.WEIGHTS is empty: a distillation teacher must be trained first.")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise FileNotFoundError(f"teacher checkpoint not found: MODEL.TEACHER.WEIGHTS={weights}")
+    ckp = DetectionCheckpointer(teacher)
+    checkpoint = ckp._load_file(ckp.path_manager.get_local_path(weights))
+    incompatible = ckp._load_model(checkpoint)
+    problems = []
+    if incompatible.incorrect_shapes:
+        shown = ", ".join(f"{k} {tuple(a)} in file vs {tuple(b)} in model" for k, a, b in incompatible.incorrect_shapes[:3])
+        problems.append(f"shape mismatch: {shown}")
+    if incompatible.missing_keys:
+        problems.append(f"missing in file: {incompatible.missing_keys[:5]}")
+    if incompatible.unexpected_keys:
+        problems.append(f"not in the teacher model: {incompatible.unexpected_keys[:5]}")
+    if problems:
+        raise ValueError(
+            f"teacher checkpoint {weights} does not fit the teacher built from MODEL.TEACHER.CONFIG_FILE "
+            f"(different architecture or number of classes?): " + "; ".join(problems)
+        )
+    return teacher
+
+
+def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
+    """Teacher and student must agree on classes and FPN strides (features are compared per level)."""
+    if teacher.num_classes != student.num_classes:
+        raise ValueError(
+            f"teacher has {teacher.num_classes} classes but the student has {student.num_classes}: "
+            "distill between detectors trained on the same label set"
+        )
+    if list(teacher.strides) != list(student.strides):
+        raise ValueError(
+            f"teacher FPN strides {list(teacher.strides)} differ from the student's "
+            f"{list(student.strides)}: use the same head IN_FEATURES"
+        )
+    for m, who in ((teacher, "teacher"), (student, "student")):
+        if not hasattr(m, "forward_distill"):
+            raise TypeError(f"the {who} {type(m).__name__} does not expose DenseOutputs (see README)")
+
+
+@META_ARCH_REGISTRY.register()
+class TeacherStudent(nn.Module):
+    """
+    Holds a trainable student and a frozen teacher. The teacher is kept out of `parameters()`,
+    `state_dict()` and DDP (it is not a registered submodule): it never trains, never enters the
+    optimizer and is never written into checkpoints. Training returns the student's detection losses
+    plus every distiller's losses; inference is the student alone.
+    """
+
+    @configurable
+    def __init__(self, *, student: nn.Module, teacher: nn.Module, distillers: nn.ModuleDict):
+        super().__init__()
+        check_compatible(teacher, student)
+        self.student = student
+        self.distillers = distillers
+        teacher.eval()
+        for p in teacher.parameters():
+            p.requires_grad_(False)
+        object.__setattr__(self, "_teacher", teacher)
+
+    @classmethod
+    def from_config(cls, cfg):
+        scfg = cfg.clone()
+        scfg.defrost()
+        scfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
+        student = build_model(scfg)
+        tcfg = build_teacher_cfg(cfg)
+        teacher = load_teacher(build_model(tcfg), cfg.MODEL.TEACHER.WEIGHTS)
+        check_compatible(teacher, student)
+        channels = lambda m: m.backbone.output_shape()[m.head_in_features[0]].channels  # noqa: E731
+        distillers = build_distillers(cfg, channels(teacher), channels(student))
+        for name, d in distillers.items():
+            if d.needs_box_distributions and not (
+                getattr(teacher, "has_box_distributions", False)
+                and getattr(student, "has_box_distributions", False)
+            ):
+                raise ValueError(
+                    f"distillation method '{name}' needs GFL box distributions in teacher and student; "
+                    f"got {type(teacher).__name__} -> {type(student).__name__}"
+                )
+        return {"student": student, "teacher": teacher, "distillers": distillers}
+
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher
+
+    @property
+    def device(self):
+        return self.student.device
+
+    @property
+    def num_classes(self) -> int:
+        return self.student.num_classes
+
+    @property
+    def level_names(self) -> List[str]:
+        return level_names(self.student.strides)
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._teacher.eval()
+        return self
+
+    def forward(self, batched_inputs: List[Dict]):
+        if not self.training:
+            return self.student(batched_inputs)
+        losses, student_out = self.student.forward_distill(batched_inputs)
+        targets = self.student.gt_instances(batched_inputs)
+        with torch.no_grad():
+            teacher_out = self._teacher.dense_outputs(batched_inputs, targets)
+        for distiller in self.distillers.values():
+            losses.update(distiller(teacher_out, student_out, targets))
+        return losses
