@@ -1,0 +1,50 @@
+"""Shared test fixtures: tiny configs on a tiny embedded dataset, all on the CPU."""
+import os
+
+import pytest
+import torch
+
+from detectron2.data import DatasetCatalog
+
+import tid_d2  # noqa: F401  (registers models, distillers and the default datasets)
+from tid_d2.data import register_shapes
+from tid_d2.tools_common import setup_cfg
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY_TRAIN, TINY_VAL = "tid_shapes_tiny_train", "tid_shapes_tiny_val"
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def tiny_shapes(tmp_path_factory):
+    """A 16-image train / 8-image val tid_shapes variant (small images), registered once."""
+    root = str(tmp_path_factory.mktemp("datasets"))
+    if TINY_TRAIN not in DatasetCatalog:
+        register_shapes(TINY_TRAIN, "train", root=root, num_images=16, sides=(128, 192))
+        register_shapes(TINY_VAL, "val", root=root, num_images=8, sides=(128, 192))
+    return TINY_TRAIN, TINY_VAL
+
+
+def quickstart_cfg(name: str, *opts, freeze: bool = True):
+    """A quickstart config (configs/quickstart/<name>.yaml) shrunk for tests: tiny images, 2 images
+    per batch, a handful of iterations, the tiny dataset."""
+    base = [
+        "DATASETS.TRAIN", f"('{TINY_TRAIN}',)",
+        "DATASETS.TEST", f"('{TINY_VAL}',)",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "192",
+        "INPUT.MIN_SIZE_TEST", "128",
+        "INPUT.MAX_SIZE_TEST", "192",
+        "SOLVER.IMS_PER_BATCH", "2",
+        "SOLVER.MAX_ITER", "4",
+        "SOLVER.WARMUP_ITERS", "0",
+        "SOLVER.STEPS", "()",
+        "DATALOADER.NUM_WORKERS", "0",
+        "MODEL.DEVICE", "cpu",
+    ]
+    return setup_cfg(os.path.join(REPO, "configs", "quickstart", f"{name}.yaml"), base + list(opts), freeze)

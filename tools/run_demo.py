@@ -1,0 +1,142 @@
+#!/usr/bin/env python
+"""
+The embedded demo (`make demo`): on tid_shapes, train the quickstart teacher (cached for later runs),
+the baseline student and the TID student, evaluate all three and print an AP table.
+
+    python tools/run_demo.py [--arch GFL|ATSS] [--output output/demo] [--iters N] [--teacher-iters N]
+"""
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN_NET = os.path.join(REPO, "projects", "TID", "train_net.py")
+METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", default="GFL", choices=["GFL", "ATSS"])
+    p.add_argument("--output", default=os.path.join("output", "demo"), help="root of all outputs")
+    p.add_argument("--iters", type=int, default=None, help="student iterations (default: the config's)")
+    p.add_argument("--teacher-iters", type=int, default=None, help="teacher iterations")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--retrain-teacher", action="store_true", help="ignore a cached teacher")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all three runs")
+    return p.parse_args(argv)
+
+
+def schedule(iters):
+    """Overrides for a shorter/longer run with the quickstart LR shape (drops at 75% and 92%)."""
+    if iters is None:
+        return []
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
+            "SOLVER.CHECKPOINT_PERIOD", str(max(iters // 3, 1))]
+
+
+def final_ap(output_dir):
+    """bbox AP metrics of the last evaluation written to metrics.json, or None."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return None
+    last = None
+    with open(path) as f:
+        for line in f:
+            rec = json.loads(line)
+            if "bbox/AP" in rec:
+                last = rec
+    return None if last is None else {k: last[f"bbox/{k}"] for k in METRICS}
+
+
+def run(name, config, opts, log_path):
+    """Run train_net.py, showing its progress lines (with ETA), and return the wall time in s."""
+    cmd = [sys.executable, TRAIN_NET, "--config-file", config] + opts
+    print(f"\n=== {name}: {' '.join(cmd[1:])}\n    full log: {log_path}", flush=True)
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for line in proc.stdout:
+            log.write(line)
+            if " eta: " in line or "copypaste:" in line or "Error" in line or "tid_shapes/" in line:
+                print("   ", line.rstrip()[-160:], flush=True)
+        if proc.wait() != 0:
+            sys.exit(f"{name} failed (exit {proc.returncode}); see {log_path}")
+    return time.time() - start
+
+
+def config_key(paths, opts):
+    h = hashlib.sha1()
+    for p in paths:
+        with open(p, "rb") as f:
+            h.update(f.read())
+    h.update(" ".join(opts).encode())
+    return h.hexdigest()[:16]
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    out = os.path.abspath(args.output)
+    os.makedirs(out, exist_ok=True)
+    qs = os.path.join(REPO, "configs", "quickstart")
+    common = ["SEED", str(args.seed)] + list(args.opts)
+    teacher_cfg = os.path.join(qs, f"{args.arch}-teacher.yaml")
+    teacher_dir = os.path.join(out, f"{args.arch}-teacher")
+    teacher_weights = os.path.join(teacher_dir, "model_final.pth")
+    teacher_opts = common + schedule(args.teacher_iters) + ["OUTPUT_DIR", teacher_dir]
+    bases = [teacher_cfg, os.path.join(qs, "Teacher-backbone.yaml"), os.path.join(qs, "Base-quickstart.yaml")]
+    key = config_key(bases, teacher_opts)
+    key_file = os.path.join(teacher_dir, "demo_cache_key.txt")
+    results, times = {}, {}
+
+    cached = (
+        not args.retrain_teacher and os.path.isfile(teacher_weights) and os.path.isfile(key_file)
+        and open(key_file).read().strip() == key and final_ap(teacher_dir) is not None
+    )
+    if cached:
+        print(f"=== teacher: cached {teacher_weights} (delete it or pass --retrain-teacher to retrain)")
+        times["teacher"] = None
+    else:
+        times["teacher"] = run("teacher", teacher_cfg, teacher_opts, os.path.join(out, f"{args.arch}-teacher.log"))
+        with open(key_file, "w") as f:
+            f.write(key)
+    results["teacher"] = final_ap(teacher_dir)
+
+    student_opts = common + schedule(args.iters)
+    runs = [
+        ("baseline student", f"{args.arch}-student.yaml", f"{args.arch}-student", []),
+        ("TID student", f"TID-{args.arch}.yaml", f"TID-{args.arch}", ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
+    ]
+    for name, cfg, dirname, extra in runs:
+        run_dir = os.path.join(out, dirname)
+        opts = student_opts + extra + ["OUTPUT_DIR", run_dir]
+        times[name] = run(name, os.path.join(qs, cfg), opts, os.path.join(out, f"{dirname}.log"))
+        results[name] = final_ap(run_dir)
+
+    rows = [("teacher", results["teacher"]), ("baseline student", results["baseline student"]),
+            ("TID student", results["TID student"])]
+    base_ap = results["baseline student"]["AP"]
+    lines = [f"| model ({args.arch}, tid_shapes_val) | " + " | ".join(METRICS) + " | train time |",
+             "|---" * (len(METRICS) + 2) + "|"]
+    for name, r in rows:
+        t = times.get(name)
+        t = "cached" if t is None else f"{t / 60:.1f} min"
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + f" | {t} |")
+    table = "\n".join(lines)
+    delta = results["TID student"]["AP"] - base_ap
+    summary = {"arch": args.arch, "results": results, "train_seconds": times, "tid_delta_AP": delta}
+    with open(os.path.join(out, "demo_results.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out, "demo_results.md"), "w") as f:
+        f.write(table + "\n")
+    print("\n" + table)
+    print(f"\nTID vs baseline student: {delta:+.1f} AP")
+    print(f"Outputs: {out} (demo_results.md/json, one folder and .log per run, TensorBoard: "
+          f"tensorboard --logdir {out})")
+
+
+if __name__ == "__main__":
+    main()
