@@ -1,8 +1,9 @@
 """Detectron2's FCOS, made buildable from YAML (MODEL.FCOS.*) and distillable (DenseOutputs)."""
 from typing import List, Optional
 
+import torch
+
 from detectron2.config import configurable
-from detectron2.layers import cat
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
 from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
@@ -60,21 +61,21 @@ class FCOS(DistillableMixin, _D2FCOS):
     def forward_distill(self, batched_inputs):
         images, features, predictions = self.extract(batched_inputs)
         gt = self.gt_instances(batched_inputs)
-        losses = self.forward_training(images, features, predictions, gt)
-        outputs = self._dense_outputs(images, features, predictions)
-        gt_labels, _ = self.label_anchors(self.anchor_generator(features), gt)
-        outputs.extras["pos_mask"] = cat(
-            [x[None] for x in gt_labels]
-        ) < self.num_classes
+        logits, deltas, ctr = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+        anchors = self.anchor_generator(features)
+        gt_labels, gt_boxes = self.label_anchors(anchors, gt)
+        losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes, ctr)
+        outputs = self._dense_outputs(images, features, anchors, logits, deltas, ctr)
+        outputs.extras["pos_mask"] = torch.stack(gt_labels) < self.num_classes
         return losses, outputs
 
     def dense_outputs(self, batched_inputs, gt_instances: Optional[List[Instances]] = None):
         images, features, predictions = self.extract(batched_inputs)
-        return self._dense_outputs(images, features, predictions)
-
-    def _dense_outputs(self, images, features, predictions) -> DenseOutputs:
         logits, deltas, ctr = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
         anchors = self.anchor_generator(features)
+        return self._dense_outputs(images, features, anchors, logits, deltas, ctr)
+
+    def _dense_outputs(self, images, features, anchors, logits, deltas, ctr) -> DenseOutputs:
         boxes = []
         for a, d in zip(anchors, deltas):
             n, hw, _ = d.shape
