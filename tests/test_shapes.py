@@ -1,5 +1,6 @@
 """tid_shapes: determinism, COCO validity, content (classes, scales, empties, occlusion),
 registration, manifest-driven regeneration and atomic writes. Small datasets under tmp_path."""
+
 import importlib.util
 import json
 import os
@@ -41,7 +42,11 @@ def dataset(tmp_path_factory):
     """80 default-difficulty train images: (coco dict, json path, image root)."""
     root = tmp_path_factory.mktemp("shapes")
     json_file = _gen(root, n=80, seed=0)
-    return _load(json_file), json_file, os.path.join(os.path.dirname(os.path.dirname(json_file)), "train")
+    return (
+        _load(json_file),
+        json_file,
+        os.path.join(os.path.dirname(os.path.dirname(json_file)), "train"),
+    )
 
 
 def test_layout_and_manifest(dataset):
@@ -51,7 +56,9 @@ def test_layout_and_manifest(dataset):
     assert json_file == os.path.join(base, "annotations", "train.json")
     assert len(os.listdir(image_root)) == 80
     manifest = _load(os.path.join(base, "annotations", "train.manifest.json"))
-    assert manifest["params"]["num_images"] == 80 and manifest["params"]["version"] == shapes.VERSION
+    assert (
+        manifest["params"]["num_images"] == 80 and manifest["params"]["version"] == shapes.VERSION
+    )
     assert not [p for p in os.listdir(base) if ".tmp-" in p]
 
 
@@ -135,7 +142,9 @@ def test_registration(tmp_path):
         assert len(dicts) == 5 and os.path.isfile(meta.json_file)
         assert meta.thing_classes == [c.name for c in shapes.SHAPE_CLASSES]
         assert meta.evaluator_type == "coco" and len(meta.thing_colors) == len(meta.thing_classes)
-        assert all(0 <= a["category_id"] < len(meta.thing_classes) for d in dicts for a in d["annotations"])
+        assert all(
+            0 <= a["category_id"] < len(meta.thing_classes) for d in dicts for a in d["annotations"]
+        )
     finally:
         DatasetCatalog.remove(name)
         MetadataCatalog.remove(name)
@@ -219,12 +228,27 @@ def test_interrupted_generation_leaves_nothing_complete(tmp_path, monkeypatch):
 
 
 def test_make_shapes_tool(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("make_shapes", os.path.join(REPO, "tools", "make_shapes.py"))
+    spec = importlib.util.spec_from_file_location(
+        "make_shapes", os.path.join(REPO, "tools", "make_shapes.py")
+    )
     tool = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(tool)
     out = tmp_path / "sample.png"
-    argv = ["make_shapes.py", "--root", str(tmp_path), "--splits", "val", "--num-images", "3",
-            "--difficulty", "1.5", "--sample", str(out), "--sample-index", "1"]
+    argv = [
+        "make_shapes.py",
+        "--root",
+        str(tmp_path),
+        "--splits",
+        "val",
+        "--num-images",
+        "3",
+        "--difficulty",
+        "1.5",
+        "--sample",
+        str(out),
+        "--sample-index",
+        "1",
+    ]
     monkeypatch.setattr(sys, "argv", argv)
     tool.main()
     assert os.path.isfile(os.path.join(tmp_path, "tid_shapes_n3_d1.5", "annotations", "val.json"))

@@ -1,4 +1,5 @@
 """Datasets. Importing this package registers ``tid_shapes_train`` and ``tid_shapes_val``."""
+
 from detectron2.data import DatasetCatalog
 
 from .shapes import (  # noqa: F401

@@ -5,7 +5,8 @@ shares its colour and differs only by the hole. Images have textured backgrounds
 stripes, blotches, pixel noise), clutter that is not an object (lines, arcs, non-class polygons,
 grey "decoy" class shapes), objects from about 6 px to half the image side, and occlusion (a later
 object may hide part of an earlier one, whose box stays the full object box, with at least
-``MIN_VISIBLE`` of it left visible). A few percent of the images have no object.
+``MIN_VISIBLE`` of it left visible). A few percent of the images have no object. Each annotation
+also holds its ``visible`` fraction, for analysis.
 
 Layout under ``root`` (env ``TID_DATASETS``, else ``./datasets``)::
 
@@ -18,6 +19,7 @@ does not depend on the number of workers. A split is generated into a temporary 
 into place under a file lock; the manifest is written last, so an interrupted generation never
 looks complete and is redone, as is one whose manifest differs from the requested params.
 """
+
 import colorsys
 import functools
 import glob
@@ -55,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1
+VERSION = 1  # bump whenever the drawing changes: existing data is then regenerated
 DEFAULT_SEED = 0
 DEFAULT_NUM_IMAGES = {"train": 800, "val": 200}
 DEFAULT_DIRNAME = "tid_shapes"
@@ -69,7 +71,7 @@ JPEG_QUALITY = 92
 
 @dataclass(frozen=True)
 class ShapeClass:
-    """One category: its drawing ``kind``, COCO super-category, base RGB colour, smallest size."""
+    """One category: name (also how it is drawn), COCO super-category, RGB colour, least size."""
 
     name: str
     supercategory: str
@@ -95,11 +97,13 @@ _SCALE = 1 << _SHIFT
 # Paths and params
 # ----------------------------------------------------------------------------------------------
 def default_root() -> str:
-    """``$TID_DATASETS`` if set, else ``./datasets`` (made absolute against the current directory)."""
+    """``$TID_DATASETS`` if set, else ``./datasets``; made absolute against the current dir."""
     return os.path.abspath(os.environ.get("TID_DATASETS") or "datasets")
 
 
-def shapes_paths(root: Optional[str], split: str, dirname: str = DEFAULT_DIRNAME) -> Tuple[str, str]:
+def shapes_paths(
+    root: Optional[str], split: str, dirname: str = DEFAULT_DIRNAME
+) -> Tuple[str, str]:
     """(json_file, image_root) of one split."""
     base = os.path.join(os.path.abspath(root) if root else default_root(), dirname)
     return os.path.join(base, "annotations", f"{split}.json"), os.path.join(base, split)
@@ -153,7 +157,9 @@ def _params(split: str, num_images: int, seed: int, difficulty: float, sides) ->
 
 def _check_params(split: str, num_images: int, difficulty: float, sides) -> None:
     if not split or not split.replace("_", "").isalnum():
-        raise ValueError(f"tid_shapes split must be a plain name like 'train' or 'val', got {split!r}.")
+        raise ValueError(
+            f"tid_shapes split must be a plain name like 'train' or 'val', got {split!r}."
+        )
     if int(num_images) < 1:
         raise ValueError(f"tid_shapes num_images must be >= 1, got {num_images}.")
     if not 0.0 <= float(difficulty) <= 3.0:
@@ -188,7 +194,9 @@ def _regular_polygon(center, radius: float, n: int, angle: float, inner: float =
     return np.stack([center[0] + radii * np.cos(theta), center[1] + radii * np.sin(theta)], axis=1)
 
 
-def _draw_shape(mask: np.ndarray, kind: str, center, radius: float, rng: np.random.Generator) -> None:
+def _draw_shape(
+    mask: np.ndarray, kind: str, center, radius: float, rng: np.random.Generator
+) -> None:
     """Fill the pixels of one shape of diameter ``2 * radius`` with 1 in the uint8 ``mask``."""
     c = (int(round(center[0] * _SCALE)), int(round(center[1] * _SCALE)))
     r = int(round(radius * _SCALE))
@@ -202,8 +210,13 @@ def _draw_shape(mask: np.ndarray, kind: str, center, radius: float, rng: np.rand
         axes = (r, int(r * rng.uniform(0.4, 0.65)))
         cv2.ellipse(mask, c, axes, float(np.degrees(angle)), 0, 360, 1, -1, cv2.LINE_8, _SHIFT)
     elif kind in ("square", "triangle", "star", "hexagon", "pentagon"):
-        n, inner = {"square": (4, 0), "triangle": (3, 0), "star": (5, 0.45),
-                    "hexagon": (6, 0), "pentagon": (5, 0)}[kind]
+        n, inner = {
+            "square": (4, 0),
+            "triangle": (3, 0),
+            "star": (5, 0.45),
+            "hexagon": (6, 0),
+            "pentagon": (5, 0),
+        }[kind]
         poly = _regular_polygon(center, radius, n, angle, inner)
         cv2.fillPoly(mask, [_fixed(poly)], 1, cv2.LINE_8, _SHIFT)
     elif kind == "blob":  # irregular polygon
@@ -216,15 +229,18 @@ def _draw_shape(mask: np.ndarray, kind: str, center, radius: float, rng: np.rand
         w = radius * rng.uniform(0.12, 0.3)
         d = np.array([np.cos(angle), np.sin(angle)])
         n = np.array([-d[1], d[0]])
-        poly = np.array(center) + np.array([d * radius + n * w, d * radius - n * w,
-                                            -d * radius - n * w, -d * radius + n * w])
+        poly = np.array(center) + np.array(
+            [d * radius + n * w, d * radius - n * w, -d * radius - n * w, -d * radius + n * w]
+        )
         cv2.fillPoly(mask, [_fixed(poly)], 1, cv2.LINE_8, _SHIFT)
     else:
         raise ValueError(f"Unknown tid_shapes shape kind {kind!r}.")
 
 
 def _hsv_to_rgb(h: float, s: float, v: float) -> np.ndarray:
-    return np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))) * 255
+    return (
+        np.array(colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))) * 255
+    )
 
 
 def _class_colour(cls: ShapeClass, rng: np.random.Generator, difficulty: float) -> np.ndarray:
@@ -244,7 +260,9 @@ def _paint(img: np.ndarray, mask: np.ndarray, box, colour: np.ndarray, rng: np.r
     m = mask[y : y + h, x : x + w].astype(bool)
     gy, gx = np.mgrid[0:h, 0:w].astype(np.float32)
     d = rng.normal(0, 1, 2)
-    shade = 1 + rng.uniform(0, 0.25) * (d[0] * (gx / max(w, 1) - 0.5) + d[1] * (gy / max(h, 1) - 0.5))
+    shade = 1 + rng.uniform(0, 0.25) * (
+        d[0] * (gx / max(w, 1) - 0.5) + d[1] * (gy / max(h, 1) - 0.5)
+    )
     region = img[y : y + h, x : x + w]
     region[m] = (shade[..., None] * colour.astype(np.float32))[m]
 
@@ -262,16 +280,24 @@ def _background(rng: np.random.Generator, h: int, w: int, difficulty: float) -> 
     if rng.random() < min(0.6 * difficulty, 0.9):
         a = rng.uniform(0, np.pi)
         period = rng.uniform(4, 40)
-        wave = np.sin((xx * np.cos(a) + yy * np.sin(a)) * (2 * np.pi / period) + rng.uniform(0, 6.3))
+        wave = np.sin(
+            (xx * np.cos(a) + yy * np.sin(a)) * (2 * np.pi / period) + rng.uniform(0, 6.3)
+        )
         direction = rng.normal(0, 1, 3).astype(np.float32)
         direction /= np.linalg.norm(direction) + 1e-6
         img += wave[..., None] * direction * rng.uniform(8, 30) * min(difficulty, 2.0)
     blotches = rng.normal(0, 1, (h // 40 + 2, w // 40 + 2, 3)).astype(np.float32)
-    img += cv2.resize(blotches, (w, h), interpolation=cv2.INTER_CUBIC) * rng.uniform(0, 18) * difficulty
+    img += (
+        cv2.resize(blotches, (w, h), interpolation=cv2.INTER_CUBIC)
+        * rng.uniform(0, 18)
+        * difficulty
+    )
     return img
 
 
-def _sample_size(rng: np.random.Generator, max_size: float, min_size: int, difficulty: float) -> float:
+def _sample_size(
+    rng: np.random.Generator, max_size: float, min_size: int, difficulty: float
+) -> float:
     """Object diameter: log-uniform, with a difficulty-scaled share of small (< 16 px) ones."""
     small = 16.0
     if rng.random() < min(0.22 * difficulty, 0.6):
@@ -287,18 +313,19 @@ def _draw_clutter(img, rng, difficulty: float, min_side: int) -> None:
     mask = np.zeros((h, w), np.uint8)
     for _ in range(rng.poisson(3.0 * difficulty)):  # non-class filled shapes, any colour
         kind = ("hexagon", "pentagon", "blob", "bar")[rng.integers(4)]
-        _draw_distractor(img, mask, kind, rng, min_side,
-                         _hsv_to_rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1)))
-    for _ in range(rng.poisson(1.5 * difficulty)):  # decoys: class shapes in low-saturation colours
+        colour = _hsv_to_rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.2, 1))
+        _draw_distractor(img, mask, kind, rng, 20, min_side, colour)  # big enough to tell apart
+    for _ in range(rng.poisson(1.5 * difficulty)):  # decoys: class shapes, low saturation
         kind = SHAPE_CLASSES[rng.integers(len(SHAPE_CLASSES))].name
-        _draw_distractor(img, mask, kind, rng, min_side,
-                         _hsv_to_rgb(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.25, 0.95)))
+        colour = _hsv_to_rgb(rng.random(), rng.uniform(0, 0.15), rng.uniform(0.25, 0.95))
+        _draw_distractor(img, mask, kind, rng, 12, min_side, colour)
     _draw_strokes(img, rng, rng.poisson(3.0 * difficulty))
 
 
-def _draw_distractor(img, mask, kind, rng, min_side, colour) -> None:
+def _draw_distractor(img, mask, kind, rng, min_size, min_side, colour) -> None:
+    """One filled ``kind`` shape, min_size to 0.35 * min_side across, anywhere (may be cut off)."""
     h, w = img.shape[:2]
-    radius = 0.5 * np.exp(rng.uniform(np.log(12), np.log(0.35 * min_side)))
+    radius = 0.5 * np.exp(rng.uniform(np.log(min_size), np.log(0.35 * min_side)))
     center = (rng.uniform(0, w), rng.uniform(0, h))
     mask[:] = 0
     _draw_shape(mask, kind, center, radius, rng)
@@ -306,11 +333,14 @@ def _draw_distractor(img, mask, kind, rng, min_side, colour) -> None:
 
 
 def _stroke_colour(rng: np.random.Generator) -> Tuple[float, float, float]:
-    return tuple(float(c) for c in _hsv_to_rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.1, 1)))
+    return tuple(
+        float(c) for c in _hsv_to_rgb(rng.random(), rng.uniform(0, 1), rng.uniform(0.1, 1))
+    )
 
 
-def _draw_strokes(img, rng, count: int, owner=None, visible=None, areas=None) -> None:
-    """Lines, polylines and arcs; with ``owner`` given, skip one that would hide too much."""
+def _draw_strokes(img, rng, count: int, owner=None, visible=None, areas=None, min_visible=1.0):
+    """Lines, polylines and arcs; with ``owner`` given, skip those that would hide too much of an
+    object (leave less than ``min_visible`` of it), and update ``owner`` and ``visible``."""
     h, w = img.shape[:2]
     for _ in range(count):
         layer = np.zeros((h, w), np.uint8)
@@ -327,12 +357,12 @@ def _draw_strokes(img, rng, count: int, owner=None, visible=None, areas=None) ->
             c = _tuple(rng.uniform(0, 1, 2) * (w, h))
             r = int(rng.uniform(6, 0.4 * min(h, w)) * _SCALE)
             start = rng.uniform(0, 360)
-            cv2.ellipse(layer, c, (r, r), 0, start, start + rng.uniform(60, 270), 1, thickness,
-                        cv2.LINE_8, _SHIFT)
+            end = start + rng.uniform(60, 270)
+            cv2.ellipse(layer, c, (r, r), 0, start, end, 1, thickness, cv2.LINE_8, _SHIFT)
         hit = layer.astype(bool)
         if owner is not None:
             lost = np.bincount(owner[hit], minlength=len(visible))
-            if np.any((visible - lost)[1:] < MIN_VISIBLE * areas[1:]):
+            if np.any((visible - lost)[1:] < min_visible * areas[1:]):
                 continue
             owner[hit] = 0
             visible -= lost
@@ -342,6 +372,11 @@ def _draw_strokes(img, rng, count: int, owner=None, visible=None, areas=None) ->
 
 def _tuple(p) -> Tuple[int, int]:
     return int(round(p[0] * _SCALE)), int(round(p[1] * _SCALE))
+
+
+def _min_visible(difficulty: float) -> float:
+    """Least visible fraction of an occluded object: 1 (no occlusion) at 0, MIN_VISIBLE from 1."""
+    return min(max(1.0 - 0.6 * difficulty, MIN_VISIBLE), 1.0)
 
 
 def _place_objects(img: np.ndarray, rng: np.random.Generator, difficulty: float):
@@ -357,7 +392,7 @@ def _place_objects(img: np.ndarray, rng: np.random.Generator, difficulty: float)
     else:
         count = 1 + min(int(rng.poisson(4.0)), 11)
     p_near = min(0.45 * difficulty, 0.9)  # chance of aiming at an earlier object (occlusion)
-    min_visible = min(max(1.0 - 0.6 * difficulty, MIN_VISIBLE), 1.0)
+    min_visible = _min_visible(difficulty)
     owner = np.zeros((h, w), np.int32)
     visible = np.zeros(count + 1, np.int64)
     areas = np.zeros(count + 1, np.int64)
@@ -418,13 +453,17 @@ def render_image(seed: int, split: str, index: int, difficulty: float = 1.0, sid
     img = _background(rng, h, w, difficulty)
     _draw_clutter(img, rng, difficulty, min(h, w))
     objects, owner, visible, areas = _place_objects(img, rng, difficulty)
-    _draw_strokes(img, rng, rng.poisson(1.0 * difficulty), owner, visible, areas)
+    _draw_strokes(
+        img, rng, rng.poisson(1.0 * difficulty), owner, visible, areas, _min_visible(difficulty)
+    )
     sigma = difficulty * rng.uniform(2, 10)
     img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
     if rng.random() < 0.3:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.4, 0.9))
     img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
-    out = [(c, box, float(visible[i + 1] / max(areas[i + 1], 1))) for i, (c, box) in enumerate(objects)]
+    out = [
+        (c, box, float(visible[i + 1] / max(areas[i + 1], 1))) for i, (c, box) in enumerate(objects)
+    ]
     return img, out
 
 
@@ -440,7 +479,12 @@ def _render_and_write(index: int, seed: int, split: str, difficulty: float, side
         raise RuntimeError(f"tid_shapes: could not encode image {file_name}.")
     with open(os.path.join(image_dir, file_name), "wb") as f:
         f.write(buf.tobytes())
-    record = {"id": index + 1, "file_name": file_name, "height": img.shape[0], "width": img.shape[1]}
+    record = {
+        "id": index + 1,
+        "file_name": file_name,
+        "height": img.shape[0],
+        "width": img.shape[1],
+    }
     return record, objects
 
 
@@ -448,15 +492,17 @@ def _coco_dict(records, objects_per_image, params: Dict) -> Dict:
     annotations = []
     for record, objects in zip(records, objects_per_image):
         for cls_idx, (x, y, w, h), vis in objects:
-            annotations.append({
-                "id": len(annotations) + 1,
-                "image_id": record["id"],
-                "category_id": cls_idx + 1,
-                "bbox": [int(x), int(y), int(w), int(h)],
-                "area": int(w) * int(h),
-                "iscrowd": 0,
-                "visible": round(vis, 3),
-            })
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": record["id"],
+                    "category_id": cls_idx + 1,
+                    "bbox": [int(x), int(y), int(w), int(h)],
+                    "area": int(w) * int(h),
+                    "iscrowd": 0,
+                    "visible": round(vis, 3),
+                }
+            )
     return {
         "info": {"description": "tid_shapes synthetic detection dataset", "params": params},
         "licenses": [],
@@ -555,8 +601,10 @@ def generate_shapes(
                 shutil.rmtree(image_root)
             os.rename(tmp_images, image_root)
             os.replace(tmp_json, json_file)
-            stats = {"num_annotations": len(coco["annotations"]),
-                     "num_empty_images": num_images - len({a["image_id"] for a in coco["annotations"]})}
+            stats = {
+                "num_annotations": len(coco["annotations"]),
+                "num_empty_images": num_images - len({a["image_id"] for a in coco["annotations"]}),
+            }
             _write_json(_manifest_path(json_file), {"params": params, "stats": stats})
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -564,21 +612,21 @@ def generate_shapes(
     return json_file
 
 
-def _init_worker() -> None:
-    cv2.setNumThreads(1)  # one process per core; the output does not depend on it
-
-
 def _render_split(params: Dict, image_dir: str, num_workers: int, progress: bool, dirname: str):
     n = params["num_images"]
     job = functools.partial(
-        _render_and_write, seed=params["seed"], split=params["split"],
-        difficulty=params["difficulty"], sides=tuple(params["sides"]), image_dir=image_dir,
+        _render_and_write,
+        seed=params["seed"],
+        split=params["split"],
+        difficulty=params["difficulty"],
+        sides=tuple(params["sides"]),
+        image_dir=image_dir,
     )
     bar = tqdm(total=n, desc=f"{dirname}/{params['split']}", disable=not progress, unit="img")
     results = []
     if num_workers > 0:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
-        with multiprocessing.get_context(method).Pool(num_workers, _init_worker) as pool:
+        with multiprocessing.get_context(method).Pool(num_workers) as pool:
             for r in pool.imap(job, range(n), chunksize=8):
                 results.append(r)
                 bar.update()
@@ -632,9 +680,19 @@ def register_shapes(
     root = os.path.abspath(root) if root else default_root()
     dirname = variant_dirname(split, num_images, seed, difficulty, sides)
     json_file, image_root = shapes_paths(root, split, dirname)
-    gen_kwargs = dict(root=root, split=split, num_images=num_images, seed=seed,
-                      difficulty=difficulty, sides=sides, dirname=dirname, num_workers=num_workers)
-    DatasetCatalog.register(name, functools.partial(_load_shapes, name, json_file, image_root, gen_kwargs))
+    gen_kwargs = dict(
+        root=root,
+        split=split,
+        num_images=num_images,
+        seed=seed,
+        difficulty=difficulty,
+        sides=sides,
+        dirname=dirname,
+        num_workers=num_workers,
+    )
+    DatasetCatalog.register(
+        name, functools.partial(_load_shapes, name, json_file, image_root, gen_kwargs)
+    )
     MetadataCatalog.get(name).set(
         json_file=json_file, image_root=image_root, evaluator_type="coco", **shapes_metadata()
     )
