@@ -17,7 +17,7 @@ TINY_TRAIN, TINY_VAL = "tid_shapes_tiny_train", "tid_shapes_tiny_val"
 @pytest.fixture(autouse=True)
 def _seed_and_threads():
     torch.manual_seed(0)
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 @pytest.fixture(scope="session")

@@ -22,10 +22,9 @@ def centerness_target(anchors: Tensor, gt_boxes: Tensor) -> Tensor:
     """FCOS centerness of anchor centres [R, 4] inside their GT boxes [R, 4] -> [R]."""
     ltrb = _TO_SIDES.get_deltas(anchors, gt_boxes)
     lr, tb = ltrb[:, [0, 2]], ltrb[:, [1, 3]]
-    ratio = (lr.min(dim=1).values / lr.max(dim=1).values) * (
-        tb.min(dim=1).values / tb.max(dim=1).values
-    )
-    return ratio.clamp(min=0).sqrt()
+    ratio_x = (lr.min(dim=1).values / lr.max(dim=1).values).clamp(min=0)
+    ratio_y = (tb.min(dim=1).values / tb.max(dim=1).values).clamp(min=0)
+    return (ratio_x * ratio_y).sqrt()
 
 
 @META_ARCH_REGISTRY.register()

@@ -75,6 +75,12 @@ class GFL(AnchorPointDetector):
             input_format=input_format,
         )
         self.reg_max = reg_max
+        reg_channels = getattr(getattr(head, "bbox_pred", None), "out_channels", 4 * (reg_max + 1))
+        if reg_channels != 4 * (reg_max + 1):
+            raise ValueError(
+                f"GFL head regresses {reg_channels} channels but reg_max={reg_max} needs "
+                f"4 * (reg_max + 1) = {4 * (reg_max + 1)}"
+            )
         self.qfl_beta = qfl_beta
         self.loss_cls_weight = loss_cls_weight
         self.loss_dfl_weight = loss_dfl_weight

@@ -1,0 +1,9 @@
+"""ATSS R-50 FPN, 1x schedule on COCO 2017: the LazyConfig twin of configs/ATSS-R50-1x.yaml."""
+from .common.data.coco import dataloader
+from .common.models.atss import model
+from .common.optim import SGD as optimizer
+from .common.schedule import lr_multiplier_1x as lr_multiplier
+from .common.train import train
+
+train.init_checkpoint = "detectron2://ImageNetPretrained/MSRA/R-50.pkl"
+train.output_dir = "output/ATSS-R50-1x"
