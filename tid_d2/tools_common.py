@@ -1,7 +1,7 @@
-"""Config set-up and model loading shared by train_net.py and the tools."""
+"""Config set-up and model loading shared by train_net.py, the tools and the teacher."""
 import logging
 import os
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
 
 import torch
 
@@ -11,7 +11,15 @@ from detectron2.modeling import build_model
 
 from .config import add_tid_config
 
-__all__ = ["setup_cfg", "student_cfg", "student_state_dict", "build_eval_model"]
+__all__ = [
+    "setup_cfg",
+    "student_cfg",
+    "student_state_dict",
+    "load_weights_strict",
+    "build_eval_model",
+]
+
+StateDict = Dict[str, torch.Tensor]
 
 
 def setup_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bool = True) -> CfgNode:
@@ -24,7 +32,12 @@ def setup_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bool =
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts or []))
-    except KeyError as e:
+    except (KeyError, AssertionError) as e:
+        # yacs: KeyError for a YAML key, AssertionError for a command-line one (and bad opts)
+        if isinstance(e, AssertionError) and "Non-existent key" not in str(e):
+            raise ValueError(
+                f"{config_file}: bad config overrides {list(opts or [])}: {e}"
+            ) from None
         raise KeyError(
             f"{config_file}: unknown config key {e}. Keys this project adds are listed in "
             "tid_d2/config.py (MODEL.GFL/ATSS/FCOS/TEACHER/DISTILL/TID)"
@@ -48,7 +61,7 @@ def student_cfg(cfg: CfgNode) -> CfgNode:
     return out
 
 
-def student_state_dict(model_state: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+def student_state_dict(model_state: StateDict) -> StateDict:
     """Student weights from a TeacherStudent state dict ("student." prefix dropped, adapters and
     other distiller modules left out); a plain detector's state dict is returned unchanged."""
     if not any(k.startswith("student.") for k in model_state):
@@ -56,19 +69,67 @@ def student_state_dict(model_state: Dict[str, torch.Tensor]) -> Dict[str, torch.
     return {k[len("student."):]: v for k, v in model_state.items() if k.startswith("student.")}
 
 
+class _StrictCheckpointer(DetectionCheckpointer):
+    """A DetectionCheckpointer that maps the file's state dict first and records what did not fit."""
+
+    def __init__(
+        self, model: torch.nn.Module, transform: Optional[Callable[[StateDict], StateDict]]
+    ):
+        super().__init__(model, save_to_disk=False)
+        self.transform = transform
+        self.incompatible = None
+
+    def _load_model(self, checkpoint):
+        if self.transform is not None:
+            checkpoint["model"] = self.transform(checkpoint["model"])
+        self.incompatible = super()._load_model(checkpoint)
+        return self.incompatible
+
+
+def load_weights_strict(
+    model: torch.nn.Module,
+    path: str,
+    *,
+    key: str = "MODEL.WEIGHTS",
+    source: str = "the config",
+    transform: Optional[Callable[[StateDict], StateDict]] = student_state_dict,
+) -> torch.nn.Module:
+    """
+    Load `path` into `model` with DetectionCheckpointer, strictly: a missing file raises
+    FileNotFoundError; keys missing from the file, keys the model lacks or shapes that differ raise
+    ValueError naming the file and the first mismatching keys. `transform` maps the file's state
+    dict first (default: a TeacherStudent checkpoint becomes its student's weights).
+    """
+    if not path:
+        raise ValueError(f"{key} is empty: give a checkpoint file")
+    if "://" not in path and not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {key}={path}")
+    ckp = _StrictCheckpointer(model, transform)
+    ckp.load(path, checkpointables=[])
+    bad = ckp.incompatible
+    problems = []
+    if bad.incorrect_shapes:
+        shown = ", ".join(
+            f"{k} {tuple(a)} in file vs {tuple(b)} in model" for k, a, b in bad.incorrect_shapes[:3]
+        )
+        problems.append(f"shape mismatch: {shown}")
+    if bad.missing_keys:
+        problems.append(f"missing in file: {bad.missing_keys[:5]}")
+    if bad.unexpected_keys:
+        problems.append(f"not in the model: {bad.unexpected_keys[:5]}")
+    if problems:
+        raise ValueError(
+            f"{key}={path} does not fit the {type(model).__name__} built from {source} "
+            "(different architecture, width or number of classes?): " + "; ".join(problems)
+        )
+    return model
+
+
 def build_eval_model(cfg: CfgNode, weights: str) -> torch.nn.Module:
-    """The model to evaluate: the plain student (no teacher needed) loaded from a training or
-    exported checkpoint."""
+    """The model to evaluate: the plain student (the teacher is not needed) loaded strictly from a
+    training or exported checkpoint; with empty `weights`, the freshly initialized model."""
     model = build_model(student_cfg(cfg))
-    model.eval()
     if weights:
-        ckp = DetectionCheckpointer(model)
-        if not os.path.isfile(weights) and "://" not in weights:
-            raise FileNotFoundError(f"MODEL.WEIGHTS not found: {weights}")
-        checkpoint = ckp._load_file(ckp.path_manager.get_local_path(weights))
-        checkpoint["model"] = student_state_dict(checkpoint["model"])
-        incompatible = ckp._load_model(checkpoint)
-        bad = incompatible.missing_keys or incompatible.incorrect_shapes
-        if bad:
-            raise ValueError(f"{weights} does not fit the model of this config: {bad[:5]}")
+        load_weights_strict(model, weights)
+    model.eval()
     return model

@@ -1,12 +1,14 @@
-"""`TIDHook`: keeps the teacher frozen, ramps the distillation weight and logs distiller diagnostics."""
+"""`TIDHook`: checks the teacher/student pair, ramps the distillation weight, logs diagnostics."""
 import logging
+from typing import Callable, Dict, Optional
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from detectron2.engine import HookBase
+from detectron2.evaluation.testing import flatten_results_dict
 
-__all__ = ["TIDHook", "unwrap"]
+__all__ = ["TIDHook", "unwrap", "warmup_factor"]
 
 logger = logging.getLogger(__name__)
 
@@ -24,11 +26,19 @@ def warmup_factor(it: int, warmup_iters: int) -> float:
 class TIDHook(HookBase):
     """
     For a `TeacherStudent` model: checks teacher/student compatibility before training, optionally
-    evaluates the teacher once, keeps the teacher in eval mode, applies the distillation warm-up and
-    writes every distiller's diagnostics to EventStorage every `log_period` iterations.
+    evaluates the teacher once (TEST.EVAL_TEACHER), sets every distiller's `loss_scale` to the
+    warm-up factor of the coming iteration (MODEL.DISTILL.WARMUP_ITERS) and writes every
+    distiller's diagnostics to EventStorage every `log_period` iterations and at the last one
+    (so they reach metrics.json with the writers' default period of 20).
+    The teacher's eval mode is kept by `TeacherStudent.train` itself.
     """
 
-    def __init__(self, cfg, eval_teacher_fn=None, log_period: int = 20):
+    def __init__(
+        self,
+        cfg,
+        eval_teacher_fn: Optional[Callable[[torch.nn.Module], Dict]] = None,
+        log_period: int = 20,
+    ):
         self.warmup_iters = cfg.MODEL.DISTILL.WARMUP_ITERS
         self.eval_teacher = cfg.TEST.EVAL_TEACHER
         self.eval_teacher_fn = eval_teacher_fn
@@ -43,22 +53,15 @@ class TIDHook(HookBase):
 
         check_compatible(self.model.teacher, self.model.student)
         if self.eval_teacher and self.eval_teacher_fn is not None:
-            results = self.eval_teacher_fn(self.model.teacher)
-            flat = {
-                f"teacher/{task}/{k}": v
-                for task, res in (results or {}).items()
-                for k, v in res.items()
-            }
+            results = flatten_results_dict(self.eval_teacher_fn(self.model.teacher) or {})
+            flat = {f"teacher/{k}": float(v) for k, v in results.items()}
             logger.info(f"Teacher evaluation: {flat}")
             if flat:
                 self.trainer.storage.put_scalars(**flat, smoothing_hint=False)
 
     def before_step(self):
-        model = self.model
-        if model.teacher.training:
-            model.teacher.eval()
         scale = warmup_factor(self.trainer.iter, self.warmup_iters)
-        for distiller in model.distillers.values():
+        for distiller in self.model.distillers.values():
             distiller.loss_scale = scale
         if self.warmup_iters > 0:
             self.trainer.storage.put_scalar("distill/weight", scale, smoothing_hint=False)
@@ -67,9 +70,14 @@ class TIDHook(HookBase):
         it = self.trainer.iter
         if (it + 1) % self.log_period and it != self.trainer.max_iter - 1:
             return
-        values = {}
+        values, tensors = {}, {}
         for distiller in self.model.distillers.values():
             for k, v in distiller.diagnostics.items():
-                values[k] = float(v.float().mean()) if torch.is_tensor(v) else float(v)
+                if torch.is_tensor(v):
+                    tensors[k] = v.detach().float().mean()
+                else:
+                    values[k] = float(v)
+        if tensors:  # one device-to-host copy for all of them
+            values.update(zip(tensors, torch.stack(list(tensors.values())).tolist()))
         if values:
             self.trainer.storage.put_scalars(**values, smoothing_hint=False)

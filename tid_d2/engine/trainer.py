@@ -1,18 +1,23 @@
-"""`TIDTrainer`: Detectron2's DefaultTrainer with the TID hook, COCO/VOC evaluators and CPU DDP."""
+"""`TIDTrainer`: Detectron2's DefaultTrainer with the TID hook, COCO/VOC evaluators, CPU DDP, a
+named non-finite-loss check and an exact resume (weights, optimizer, scheduler, iteration, data)."""
 import logging
 import os
+import time
+from typing import Mapping
 from unittest import mock
+
+import torch
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import MetadataCatalog
-from detectron2.engine import DefaultTrainer
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from ..modeling.teacher_student import TeacherStudent
 from .hooks import TIDHook, unwrap
 
-__all__ = ["TIDTrainer", "build_evaluator"]
+__all__ = ["TIDTrainer", "build_evaluator", "check_finite_losses"]
 
 logger = logging.getLogger(__name__)
 
@@ -39,6 +44,42 @@ def build_evaluator(cfg, dataset_name: str, output_folder=None):
     )
 
 
+def check_finite_losses(
+    loss_dict: Mapping[str, torch.Tensor], iteration: int
+) -> Mapping[str, torch.Tensor]:
+    """
+    Raise FloatingPointError naming every NaN/Inf loss and the iteration; else return the losses
+    as 0-d CPU tensors. One `isfinite` over the stacked losses and one device-to-host copy, which
+    Detectron2's metric writer then reuses instead of syncing once per loss.
+    """
+    values = torch.stack([v.detach().float().reshape(()) for v in loss_dict.values()]).cpu()
+    finite = torch.isfinite(values)
+    if not bool(finite.all()):
+        bad = {k: float(v) for k, v, ok in zip(loss_dict, values, finite) if not ok}
+        every = {k: round(float(v), 6) for k, v in zip(loss_dict, values)}
+        raise FloatingPointError(
+            f"non-finite loss at iteration {iteration}: {bad}; training stopped before the "
+            f"optimizer step. All losses: {every}"
+        )
+    return dict(zip(loss_dict, values))
+
+
+class _FiniteLossMixin:
+    """Checks the losses of every iteration (before the optimizer step) with `check_finite_losses`."""
+
+    def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
+        iter = self.iter if iter is None else iter
+        super()._write_metrics(check_finite_losses(loss_dict, iter), data_time, prefix, iter)
+
+
+class _SimpleTrainer(_FiniteLossMixin, SimpleTrainer):
+    pass
+
+
+class _AMPTrainer(_FiniteLossMixin, AMPTrainer):
+    pass
+
+
 def _create_ddp_model(model, **kwargs):
     """Detectron2's create_ddp_model, with device_ids=None for CPU (GLOO) processes."""
     if next(model.parameters()).device.type != "cuda":
@@ -53,7 +94,12 @@ class TIDTrainer(DefaultTrainer):
     """DefaultTrainer for plain detectors and `TeacherStudent` distillation alike."""
 
     def __init__(self, cfg):
-        with mock.patch.object(d2_defaults, "create_ddp_model", _create_ddp_model):
+        with mock.patch.multiple(
+            d2_defaults,
+            create_ddp_model=_create_ddp_model,
+            SimpleTrainer=_SimpleTrainer,
+            AMPTrainer=_AMPTrainer,
+        ):
             super().__init__(cfg)
 
     @classmethod
@@ -70,10 +116,28 @@ class TIDTrainer(DefaultTrainer):
         return hooks
 
     def resume_or_load(self, resume=True):
-        """Resume everything from OUTPUT_DIR, or start from MODEL.WEIGHTS (loaded into the student
-        when distilling, so ImageNet or detector weights work unchanged)."""
+        """
+        Resume everything from OUTPUT_DIR's last checkpoint (student, distiller adapters,
+        optimizer, scheduler, iteration) and skip the training batches that run already consumed,
+        so that the resumed run sees the data an uninterrupted one would. Otherwise start from
+        MODEL.WEIGHTS (loaded into the student when distilling, so ImageNet or detector weights
+        work unchanged).
+        """
         model = unwrap(self.model)
         if (resume and self.checkpointer.has_checkpoint()) or not isinstance(model, TeacherStudent):
-            return super().resume_or_load(resume=resume)
-        if self.cfg.MODEL.WEIGHTS:
+            super().resume_or_load(resume=resume)
+        elif self.cfg.MODEL.WEIGHTS:
             DetectionCheckpointer(model.student).load(self.cfg.MODEL.WEIGHTS)
+        if self.start_iter > 0:
+            self._skip_batches(self.start_iter)
+
+    def _skip_batches(self, num_batches: int) -> None:
+        """Draw (and drop) the first `num_batches` training batches: data is read, not trained on."""
+        start = time.perf_counter()
+        data_iter = self._trainer._data_loader_iter
+        for _ in range(num_batches):
+            next(data_iter)
+        logger.info(
+            f"Resuming at iteration {self.start_iter}: skipped {num_batches} consumed training "
+            f"batches in {time.perf_counter() - start:.1f} s"
+        )

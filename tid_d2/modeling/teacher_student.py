@@ -6,7 +6,6 @@ from typing import Dict, List
 import torch
 from torch import nn
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import configurable, get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
@@ -48,30 +47,17 @@ def build_teacher_cfg(cfg):
 
 def load_teacher(teacher: nn.Module, weights: str) -> nn.Module:
     """
-    Load teacher weights strictly: a missing file, or weights whose keys or shapes do not fit the
-    teacher, is an error naming the file and the first mismatching keys.
+    Load teacher weights strictly with DetectionCheckpointer: a missing file is a FileNotFoundError,
+    weights whose keys or shapes do not fit the teacher a ValueError naming the file and the first
+    mismatching keys. A TeacherStudent training checkpoint gives its student's weights.
     """
+    from ..tools_common import load_weights_strict
+
     if not weights:
         raise ValueError("MODEL.TEACHER.WEIGHTS is empty: a distillation teacher must be trained first.")
-    if "://" not in weights and not os.path.isfile(weights):
-        raise FileNotFoundError(f"teacher checkpoint not found: MODEL.TEACHER.WEIGHTS={weights}")
-    ckp = DetectionCheckpointer(teacher)
-    checkpoint = ckp._load_file(ckp.path_manager.get_local_path(weights))
-    incompatible = ckp._load_model(checkpoint)
-    problems = []
-    if incompatible.incorrect_shapes:
-        shown = ", ".join(f"{k} {tuple(a)} in file vs {tuple(b)} in model" for k, a, b in incompatible.incorrect_shapes[:3])
-        problems.append(f"shape mismatch: {shown}")
-    if incompatible.missing_keys:
-        problems.append(f"missing in file: {incompatible.missing_keys[:5]}")
-    if incompatible.unexpected_keys:
-        problems.append(f"not in the teacher model: {incompatible.unexpected_keys[:5]}")
-    if problems:
-        raise ValueError(
-            f"teacher checkpoint {weights} does not fit the teacher built from MODEL.TEACHER.CONFIG_FILE "
-            f"(different architecture or number of classes?): " + "; ".join(problems)
-        )
-    return teacher
+    return load_weights_strict(
+        teacher, weights, key="MODEL.TEACHER.WEIGHTS", source="MODEL.TEACHER.CONFIG_FILE"
+    )
 
 
 def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
@@ -106,9 +92,7 @@ class TeacherStudent(nn.Module):
         check_compatible(teacher, student)
         self.student = student
         self.distillers = distillers
-        teacher.eval()
-        for p in teacher.parameters():
-            p.requires_grad_(False)
+        teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
 
     @classmethod
@@ -160,10 +144,16 @@ class TeacherStudent(nn.Module):
         return self
 
     def forward(self, batched_inputs: List[Dict]):
+        """
+        Training: {student detection losses, distillation losses}. Inference: the student's
+        outputs, exactly as the plain student gives them.
+        """
         if not self.training:
             return self.student(batched_inputs)
         losses, student_out = self.student.forward_distill(batched_inputs)
         targets = self.student.gt_instances(batched_inputs)
+        if self._teacher.training:
+            self._teacher.eval()
         with torch.no_grad():
             teacher_out = self._teacher.dense_outputs(batched_inputs, targets)
         for distiller in self.distillers.values():

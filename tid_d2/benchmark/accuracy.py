@@ -1,0 +1,333 @@
+"""The accuracy side of the benchmark: what to train (method specs, TID ablations, dataset variants),
+each run's config, and one in-process training + COCO evaluation, cached by config hash."""
+import gc
+import hashlib
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from detectron2.config import CfgNode
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.modeling import META_ARCH_REGISTRY
+from detectron2.utils.env import seed_all_rng
+
+from ..data.shapes import DEFAULT_SIDES, register_shapes, shapes_paths, variant_dirname
+from ..distill.base import DISTILLER_REGISTRY
+from ..tools_common import setup_cfg
+from .report import METRICS
+
+__all__ = [
+    "PROJECT_ROOT",
+    "ARCHS",
+    "DEFAULT_METHODS",
+    "STANDARD_ABLATIONS",
+    "MethodSpec",
+    "FLOOR",
+    "parse_method",
+    "parse_ablation",
+    "expand_ablations",
+    "not_applicable_reason",
+    "DatasetSpec",
+    "register_benchmark_datasets",
+    "config_file",
+    "build_run_cfg",
+    "config_hash",
+    "bbox_metrics",
+    "train_and_evaluate",
+]
+
+PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ARCHS = ("GFL", "ATSS")
+DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld")
+#: `--ablations standard`: one TID switch at a time (see ../shared/TID_METHOD.md, "Ablations").
+STANDARD_ABLATIONS = (
+    "tasks=cls", "tasks=reg", "thresholds=fixed", "ldam=off", "soft=on",
+    "alpha=0.5", "beta=0.5", "gamma=0", "gamma=0.5",
+)
+METRIC_FILE = "benchmark_metrics.json"
+
+# ablation key -> (config key, allowed values -> config value, or a converter for numbers)
+_ABLATION_KEYS = {
+    "tasks": ("MODEL.TID.TASKS", {"both": "both", "cls": "cls", "reg": "reg"}),
+    "thresholds": ("MODEL.TID.THRESHOLD_MODE", {"assigner": "assigner", "fixed": "fixed"}),
+    "ldam": ("MODEL.TID.LDAM", {"on": True, "off": False}),
+    "soft": ("MODEL.TID.SOFT_WEIGHTS", {"on": True, "off": False}),
+    "alpha": ("MODEL.TID.ALPHA", float),
+    "beta": ("MODEL.TID.BETA", float),
+    "gamma": ("MODEL.TID.GAMMA", float),
+    "lambda": ("MODEL.TID.LOSS_WEIGHT", float),
+}
+
+# (size, arch) -> config file of each role; "realistic" is the COCO setting, used for cost only.
+_CONFIG_FILES = {
+    ("quickstart", "GFL"): ("quickstart/GFL-teacher", "quickstart/GFL-student", "quickstart/TID-GFL"),
+    ("quickstart", "ATSS"): ("quickstart/ATSS-teacher", "quickstart/ATSS-student", "quickstart/TID-ATSS"),
+    ("realistic", "GFL"): ("GFL-R101-2x-ms", "GFL-R50-1x", "TID-R50"),
+    ("realistic", "ATSS"): ("ATSS-R101-1x", "ATSS-R50-1x", "TID-ATSS-R50"),
+}
+_ROLES = ("teacher", "student", "distill")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One benchmark entry: its results.json name, MODEL.DISTILL.METHODS and extra config overrides
+    (a flat KEY VALUE list, as on a command line)."""
+
+    name: str
+    methods: Tuple[str, ...]
+    opts: Tuple[str, ...] = ()
+
+
+#: student training + teacher no-grad forward with no distiller: what every method costs at least.
+FLOOR = MethodSpec("floor", ())
+
+
+def _registry_names() -> Dict[str, str]:
+    return {k.lower(): k for k, _ in DISTILLER_REGISTRY}
+
+
+def parse_method(text: str) -> MethodSpec:
+    """'tid' -> MethodSpec('tid', ('TID',)); 'tid+ld' combines methods (names case-insensitive)."""
+    known = _registry_names()
+    parts = [p.strip().lower() for p in str(text).split("+")]
+    bad = [p for p in parts if p not in known]
+    if bad or not parts:
+        raise ValueError(f"--methods: unknown method {bad or text!r} in {text!r}; known: {sorted(known)} "
+                         "(combine with '+', e.g. tid+ld)")
+    if len(set(parts)) != len(parts):
+        raise ValueError(f"--methods: {text!r} names a method twice")
+    return MethodSpec("+".join(parts), tuple(known[p].upper() for p in parts))
+
+
+def _ablation_value(key: str, value: str):
+    cfg_key, allowed = _ABLATION_KEYS[key]
+    if isinstance(allowed, dict):
+        if value not in allowed:
+            raise ValueError(f"--ablations: {key}={value} is not one of {key}={'|'.join(allowed)}")
+        return cfg_key, allowed[value], value
+    try:
+        number = allowed(value)
+    except ValueError:
+        raise ValueError(f"--ablations: {key}={value} needs a number, e.g. {key}=0.5") from None
+    if not math.isfinite(number) or number < 0:
+        raise ValueError(f"--ablations: {key}={value} must be a finite number >= 0")
+    return cfg_key, number, f"{number:g}"
+
+
+def parse_ablation(text: str) -> MethodSpec:
+    """'tasks=cls' or 'tasks=cls,ldam=off' -> TID with MODEL.TID overrides, named 'tid[tasks=cls]'."""
+    opts, shown = [], []
+    for item in str(text).split(","):
+        key, sep, value = item.strip().partition("=")
+        key, value = key.strip().lower(), value.strip().lower()
+        if not sep or key not in _ABLATION_KEYS:
+            raise ValueError(f"--ablations: cannot read {item!r} in {text!r}; use KEY=VALUE with KEY in "
+                             f"{sorted(_ABLATION_KEYS)}, or 'standard'")
+        cfg_key, cfg_value, canonical = _ablation_value(key, value)
+        if cfg_key in opts:
+            raise ValueError(f"--ablations: {text!r} sets {key} twice")
+        opts += [cfg_key, str(cfg_value)]
+        shown.append(f"{key}={canonical}")
+    return MethodSpec(f"tid[{','.join(shown)}]", ("TID",), tuple(opts))
+
+
+def expand_ablations(names: Sequence[str]) -> List[str]:
+    """'standard' -> STANDARD_ABLATIONS; other names unchanged (order kept, duplicates dropped)."""
+    out = []
+    for n in names:
+        for x in STANDARD_ABLATIONS if n == "standard" else [n]:
+            if x not in out:
+                out.append(x)
+    return out
+
+
+def not_applicable_reason(spec: MethodSpec, arch: str) -> Optional[str]:
+    """Why `spec` cannot distill `arch` detectors (e.g. LD needs GFL box distributions), or None."""
+    has_dists = getattr(META_ARCH_REGISTRY.get(arch), "has_box_distributions", False)
+    needs = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_box_distributions]
+    if needs and not has_dists:
+        return (f"{'+'.join(n.lower() for n in needs)} distills GFL box-side distributions; "
+                f"{arch} predicts none")
+    return None
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A tid_shapes variant (see tid_d2/data/shapes.py); root None: $TID_DATASETS or ./datasets."""
+
+    num_images: int = 800
+    num_val_images: int = 200
+    difficulty: float = 1.0
+    seed: int = 0
+    sides: Tuple[int, int] = DEFAULT_SIDES
+    root: Optional[str] = None
+
+
+def register_benchmark_datasets(spec: DatasetSpec) -> Tuple[str, str]:
+    """Register the train/val splits of `spec` (named after their params); returns their names."""
+    names = []
+    for split, n in (("train", spec.num_images), ("val", spec.num_val_images)):
+        dirname = variant_dirname(split, n, spec.seed, spec.difficulty, tuple(spec.sides))
+        name = f"bench_{dirname}_{split}"
+        json_file = shapes_paths(spec.root, split, dirname)[0]
+        if name in DatasetCatalog and MetadataCatalog.get(name).get("json_file") != json_file:
+            DatasetCatalog.remove(name)
+            MetadataCatalog.remove(name)
+        if name not in DatasetCatalog:
+            register_shapes(name, split, root=spec.root, num_images=n, difficulty=spec.difficulty,
+                            seed=spec.seed, sides=tuple(spec.sides))
+        names.append(name)
+    return names[0], names[1]
+
+
+def config_file(arch: str, role: str, size: str = "quickstart") -> str:
+    """The config file of `role` (teacher | student | distill) for `arch` at `size`."""
+    if (size, arch) not in _CONFIG_FILES:
+        raise ValueError(f"no {size} configs for --arch {arch}; choose one of {ARCHS}")
+    if role not in _ROLES:
+        raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
+    name = _CONFIG_FILES[(size, arch)][_ROLES.index(role)]
+    return os.path.join(PROJECT_ROOT, "configs", f"{name}.yaml")
+
+
+def _scale_schedule(cfg: CfgNode, iters: int) -> None:
+    """MAX_ITER = iters, with LR steps and warm-up scaled from the config's own schedule."""
+    if iters < 1:
+        raise ValueError(f"SOLVER.MAX_ITER (--iters / --teacher-iters) must be >= 1, got {iters}")
+    f = iters / cfg.SOLVER.MAX_ITER
+    cfg.SOLVER.STEPS = tuple(sorted({max(1, round(s * f)) for s in cfg.SOLVER.STEPS if round(s * f) < iters}))
+    cfg.SOLVER.WARMUP_ITERS = int(round(cfg.SOLVER.WARMUP_ITERS * f))
+    cfg.SOLVER.MAX_ITER = int(iters)
+    cfg.SOLVER.CHECKPOINT_PERIOD = 10**9  # model_final.pth only
+
+
+def build_run_cfg(
+    arch: str,
+    role: str,
+    *,
+    seed: int,
+    output_dir: str,
+    datasets: Tuple[str, str],
+    spec: Optional[MethodSpec] = None,
+    iters: Optional[int] = None,  # SOLVER.MAX_ITER; None: the config's
+    device: str = "cpu",
+    teacher_weights: str = "",
+    size: str = "quickstart",
+    opts: Sequence[str] = (),
+) -> CfgNode:
+    """
+    The frozen config of one benchmark run: `role` teacher | student | distill (the latter with
+    `spec`'s methods and overrides, the teacher read from `teacher_weights`). `opts` (KEY VALUE ...)
+    are applied last, to the teacher inside a distill config too.
+    """
+    cfg = setup_cfg(config_file(arch, role, size), freeze=False)
+    cfg.DATASETS.TRAIN, cfg.DATASETS.TEST = (datasets[0],), (datasets[1],)
+    cfg.MODEL.DEVICE = device
+    cfg.SEED = int(seed)
+    cfg.OUTPUT_DIR = output_dir
+    _scale_schedule(cfg, cfg.SOLVER.MAX_ITER if iters is None else iters)
+    if role == "distill":
+        if spec is None:
+            raise ValueError("a distill config needs a MethodSpec")
+        cfg.MODEL.DISTILL.METHODS = list(spec.methods)
+        cfg.MODEL.TEACHER.WEIGHTS = teacher_weights
+        cfg.MODEL.TEACHER.OPTS = list(cfg.MODEL.TEACHER.OPTS) + list(opts)
+        _merge(cfg, spec.opts, f"overrides of {spec.name}")
+    _merge(cfg, opts, "--opts")
+    cfg.freeze()
+    return cfg
+
+
+def _merge(cfg: CfgNode, opts: Sequence[str], what: str) -> None:
+    if len(opts) % 2:
+        raise ValueError(f"{what} must be KEY VALUE pairs, got an odd number of items: {list(opts)}")
+    try:
+        cfg.merge_from_list(list(opts))
+    except (KeyError, ValueError, AssertionError) as e:
+        raise ValueError(f"{what}: cannot apply {list(opts)}: {e}") from None
+
+
+def config_hash(cfg: CfgNode, extra: str = "") -> str:
+    """A digest of everything a run's result depends on (OUTPUT_DIR and the teacher's path left out:
+    pass the teacher's own hash in `extra`)."""
+    c = cfg.clone()
+    c.defrost()
+    c.OUTPUT_DIR = ""
+    c.MODEL.TEACHER.WEIGHTS = ""
+    return hashlib.sha1((c.dump() + extra).encode()).hexdigest()[:16]
+
+
+def bbox_metrics(results: Dict) -> Dict[str, Optional[float]]:
+    """
+    COCOEvaluator's bbox metrics from `TIDTrainer.test` results ({"bbox": {...}}, or one such dict
+    per dataset). A metric COCO leaves undefined (no GT of that size) becomes None; when every
+    metric is undefined the model made no detection, and its AP is 0 (`no_detections` is set).
+    """
+    if "bbox" not in results and len(results) == 1:
+        results = next(iter(results.values()))
+    if "bbox" not in results:
+        raise ValueError(f"evaluation results have no 'bbox' entry: {list(results)}")
+    raw = {k: float(v) for k, v in results["bbox"].items() if k.startswith("AP")}
+    if not raw:
+        raise ValueError(f"bbox results hold no AP metric: {results['bbox']}")
+    if all(math.isnan(v) for v in raw.values()):
+        out = {k: 0.0 for k in raw}
+        out["no_detections"] = True
+        return out
+    return {k: (None if math.isnan(v) else v) for k, v in raw.items()}
+
+
+def _read_cache(run_dir: str, key: str) -> Optional[Dict]:
+    """The recorded result of a finished (or diverged) run with this config hash, else None."""
+    path = os.path.join(run_dir, METRIC_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        cached = json.load(f)
+    finished = cached.get("diverged") or os.path.isfile(os.path.join(run_dir, "model_final.pth"))
+    return cached if finished and cached.get("config_hash") == key else None
+
+
+def _is_divergence(e: BaseException) -> bool:
+    """The trainer's non-finite-loss check, or fvcore's GIoU assertion on NaN predicted boxes."""
+    return isinstance(e, FloatingPointError) or "bad box" in str(e)
+
+
+def train_and_evaluate(cfg: CfgNode, key: str, use_cache: bool = True) -> Dict:
+    """
+    Train `cfg` in this process with `TIDTrainer` (seeded with cfg.SEED), evaluate it on
+    DATASETS.TEST and return {"bbox": metrics, "config_hash", "run_seconds" (training and
+    evaluation), "cached"}. A run stopped by non-finite losses or boxes is a result too: its
+    metrics are None and "diverged" holds the error. A finished run in cfg.OUTPUT_DIR with the same `key` is
+    reused.
+    """
+    from ..engine import TIDTrainer
+
+    run_dir = cfg.OUTPUT_DIR
+    cached = _read_cache(run_dir, key) if use_cache else None
+    if cached is not None:
+        return dict(cached, cached=True)
+    os.makedirs(run_dir, exist_ok=True)
+    with open(os.path.join(run_dir, "config.yaml"), "w") as f:
+        f.write(cfg.dump())
+    seed_all_rng(cfg.SEED)
+    start = time.perf_counter()
+    trainer = TIDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    try:
+        trainer.train()
+        results = getattr(trainer, "_last_eval_results", None) or TIDTrainer.test(cfg, trainer.model)
+        out = {"config_hash": key, "bbox": bbox_metrics(results)}
+    except (FloatingPointError, AssertionError) as e:
+        if not _is_divergence(e):
+            raise
+        out = {"config_hash": key, "bbox": {m: None for m in METRICS}, "diverged": f"{type(e).__name__}: {e}"}
+    out["run_seconds"] = time.perf_counter() - start
+    with open(os.path.join(run_dir, METRIC_FILE), "w") as f:
+        json.dump(out, f, indent=2)
+    del trainer
+    gc.collect()
+    return dict(out, cached=False)
