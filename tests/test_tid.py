@@ -319,7 +319,7 @@ def flat_index(mask_levels):
 
 
 def build(**kw):
-    args = dict(teacher_channels=8, student_channels=8)
+    args = dict(teacher_channels=8, student_channels=8, normalize="area")
     args.update(kw)
     return TID(**args)
 
@@ -379,6 +379,25 @@ def test_forward_matches_reference(soft):
     ref = _manual_losses(teacher, student, tid.areas(teacher, student, make_targets()), soft=soft)
     for name in ("key", "weak", "other"):
         assert losses[f"loss_tid_{name}"].item() == pytest.approx(ref[name], rel=1e-5)
+
+
+def test_normalize_all_sums_to_fitnet_mse_and_keeps_area_ratios():
+    teacher, student = make_pair()
+    targets = make_targets()
+    per_area = build(alpha=1.0, beta=1.0, gamma=1.0)(teacher, student, targets)
+    per_all = build(alpha=1.0, beta=1.0, gamma=1.0, normalize="all")(teacher, student, targets)
+    mse = torch.cat(
+        [(ft - fs).pow(2).flatten(2) for ft, fs in zip(teacher.features, student.features)], dim=2
+    ).mean()
+    assert sum(v.item() for v in per_all.values()) == pytest.approx(mse.item(), rel=1e-5)
+    areas = build().areas(teacher, student, targets)
+    total = sum(a["key"].numel() for a in areas.values())
+    for name in ("key", "weak", "other"):
+        count = sum(a[name].sum().item() for a in areas.values())
+        expected = per_area[f"loss_tid_{name}"].item() * count / total
+        assert per_all[f"loss_tid_{name}"].item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ValueError, match="NORMALIZE"):
+        build(normalize="mean")
 
 
 def test_soft_weights_change_key_and_weak_losses():

@@ -114,9 +114,13 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.TID.WEAK_THRESH = 0.4  # tau_W: weak areas W = {Score^T - Score^S >= tau_W} \ K
     _C.MODEL.TID.LDAM = True  # off: only K and O areas
     _C.MODEL.TID.SOFT_WEIGHTS = False  # weight K by Score^T and W by delta inside the areas
-    _C.MODEL.TID.ALPHA = 1.0  # weight of L_K
-    _C.MODEL.TID.BETA = 1.0  # weight of L_W
-    _C.MODEL.TID.GAMMA = 0.1  # weight of L_O (gamma < alpha, beta)
+    _C.MODEL.TID.ALPHA = 2.0  # weight of L_K
+    _C.MODEL.TID.BETA = 2.0  # weight of L_W
+    _C.MODEL.TID.GAMMA = 0.5  # weight of L_O (gamma < alpha, beta)
+    # SFDM denominator: "all" = all locations (L_K + L_W + L_O = FitNet MSE at unit weights; stable),
+    # "area" = a mean inside each area (the literal reading; amplifies tiny key areas and diverged
+    # in the quick benchmark at LOSS_WEIGHT 1).
+    _C.MODEL.TID.NORMALIZE = "all"
     _C.MODEL.TID.LOSS_WEIGHT = 1.0  # lambda
     _C.MODEL.TID.VIS_PERIOD = 0  # >0: the TID hook writes area sheets to TensorBoard this often
     return cfg

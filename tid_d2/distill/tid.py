@@ -175,13 +175,28 @@ def ldam_areas(
     return key, weak, other
 
 
-def _area_mean(dist: Tensor, mask: Tensor, weight: Optional[Tensor], channels: int) -> Tensor:
-    """Weighted mean of dist [N, A] over the area mask [N, A], divided by channels; 0 when empty."""
+NORMALIZATIONS = ("area", "all")
+
+
+def _area_mean(
+    dist: Tensor, mask: Tensor, weight: Optional[Tensor], channels: int, normalize: str = "area"
+) -> Tensor:
+    """
+    Weighted sum of dist [N, A] over the area mask [N, A] divided by channels and by the area's
+    weight ("area": a mean inside the area) or by all N*A locations ("all": soft weights rescaled
+    to mean 1 inside the area); 0 when empty.
+    """
     w = mask.to(dist.dtype)
     if weight is not None:
         w = w * weight.to(dist.dtype).clamp(min=0)
-    den = w.sum() * channels
-    return (dist * w).sum() / torch.where(den > 0, den, torch.ones_like(den))
+    total = w.sum()
+    num = (dist * w).sum()
+    if normalize == "all":
+        if weight is not None:
+            num = num * mask.sum() / torch.where(total > 0, total, torch.ones_like(total))
+        return num / (mask.numel() * channels)
+    den = total * channels
+    return num / torch.where(den > 0, den, torch.ones_like(den))
 
 
 def sfdm_loss(
@@ -192,6 +207,7 @@ def sfdm_loss(
     other: Tensor,
     key_weight: Optional[Tensor] = None,
     weak_weight: Optional[Tensor] = None,
+    normalize: str = "area",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """
     SFDM: the decoupled imitation losses L_K, L_W, L_O.
@@ -208,8 +224,10 @@ def sfdm_loss(
         (C * sum_{p in A} w_p), w_p = 1 without soft weights: the mean over the area's locations
         (all levels and images of the batch pooled) and channels of the squared difference. Soft
         weights are thus normalized to mean 1 inside the area: they only re-weight locations
-        against each other (uniform weights give the plain mean). An empty area gives exactly 0
-        and keeps the graph connected.
+        against each other (uniform weights give the plain mean). With normalize="all" the
+        denominator is C times all N*A locations instead, so L_K + L_W + L_O is FitNet's MSE and
+        alpha/beta/gamma re-weight areas without amplifying small ones (stable when K is tiny).
+        An empty area gives exactly 0 and keeps the graph connected.
     """
     if isinstance(feats_t, Tensor):
         feats_t, feats_s = [feats_t], [feats_s]
@@ -235,11 +253,13 @@ def sfdm_loss(
             f"sfdm_loss: features give {tuple(dist.shape)} locations, "
             f"area masks are {tuple(key.shape)}"
         )
+    if normalize not in NORMALIZATIONS:
+        raise ValueError(f"MODEL.TID.NORMALIZE must be one of {NORMALIZATIONS}, got '{normalize}'")
     channels = feats_t[0].shape[1]
     return (
-        _area_mean(dist, key, key_weight, channels),
-        _area_mean(dist, weak, weak_weight, channels),
-        _area_mean(dist, other, None, channels),
+        _area_mean(dist, key, key_weight, channels, normalize),
+        _area_mean(dist, weak, weak_weight, channels, normalize),
+        _area_mean(dist, other, None, channels, normalize),
     )
 
 
@@ -345,6 +365,7 @@ class TID(Distiller):
         beta: float = 1.0,
         gamma: float = 0.1,
         loss_weight: float = 1.0,
+        normalize: str = "all",
     ):
         """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER."""
         super().__init__()
@@ -394,6 +415,11 @@ class TID(Distiller):
         self.soft_weights = bool(soft_weights)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.loss_weight = float(loss_weight)
+        if normalize not in NORMALIZATIONS:
+            raise ValueError(
+                f"MODEL.TID.NORMALIZE must be one of {NORMALIZATIONS}, got '{normalize}'"
+            )
+        self.normalize = normalize
 
     @classmethod
     def from_config(cls, cfg, teacher_channels: int, student_channels: int):
@@ -417,6 +443,7 @@ class TID(Distiller):
             "beta": t.BETA,
             "gamma": t.GAMMA,
             "loss_weight": t.LOSS_WEIGHT,
+            "normalize": t.NORMALIZE,
         }
 
     def _pos_thresholds(
@@ -521,6 +548,7 @@ class TID(Distiller):
             s["other"],
             key_weight=s["score_t"] if self.soft_weights else None,
             weak_weight=s["delta"] if self.soft_weights else None,
+            normalize=self.normalize,
         )
         self.diagnostics = self._diagnostics(s, teacher)
         scale = self.loss_weight * self.loss_scale
