@@ -61,7 +61,9 @@ def run(name, config, opts, log_path):
         proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for line in proc.stdout:
             log.write(line)
-            if " eta: " in line or "copypaste:" in line or "Error" in line or "tid_shapes/" in line:
+            if " eta: " in line:
+                print("   ", line[line.index("eta: "):].split("  time:")[0][:110], flush=True)
+            elif "copypaste:" in line or "Error" in line:
                 print("   ", line.rstrip()[-160:], flush=True)
         if proc.wait() != 0:
             sys.exit(f"{name} failed (exit {proc.returncode}); see {log_path}")
