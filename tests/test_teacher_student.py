@@ -328,3 +328,21 @@ def test_check_finite_losses_names_every_bad_loss():
     with pytest.raises(FloatingPointError, match=r"iteration 7: \{'b': inf, 'c': nan\}"):
         losses = {"a": 1.0, "b": float("inf"), "c": float("nan")}
         check_finite_losses({k: torch.tensor(v) for k, v in losses.items()}, 7)
+
+
+def test_vis_period_puts_area_sheets_into_event_storage(teachers, tiny_shapes):
+    from detectron2.utils.events import EventStorage
+
+    cfg = tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.TID.VIS_PERIOD", "2")
+    model = build(cfg)
+    model.train()
+    inputs = batch(cfg, tiny_shapes[0])
+    with EventStorage(0) as storage:
+        for it in range(3):
+            storage.iter = it
+            model(inputs)
+    images = storage._vis_data
+    assert [name for name, _, _ in images] == ["tid/areas", "tid/areas"]
+    assert [step for _, _, step in images] == [0, 2]
+    img = images[0][1]
+    assert img.ndim == 3 and img.shape[0] == 3 and img.dtype.name == "uint8"

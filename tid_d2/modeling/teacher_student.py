@@ -8,6 +8,7 @@ from torch import nn
 
 from detectron2.config import configurable, get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.utils.events import get_event_storage
 
 from ..distill.base import build_distillers
 from .dense_base import level_names
@@ -87,8 +88,18 @@ class TeacherStudent(nn.Module):
     """
 
     @configurable
-    def __init__(self, *, student: nn.Module, teacher: nn.Module, distillers: nn.ModuleDict):
+    def __init__(
+        self,
+        *,
+        student: nn.Module,
+        teacher: nn.Module,
+        distillers: nn.ModuleDict,
+        vis_period: int = 0,
+    ):
+        """vis_period > 0: every vis_period iterations, put TID's area sheet of the batch's first
+        image into EventStorage (TensorBoard image "tid/areas")."""
         super().__init__()
+        self.vis_period = vis_period
         check_compatible(teacher, student)
         self.student = student
         self.distillers = distillers
@@ -115,7 +126,12 @@ class TeacherStudent(nn.Module):
                     f"distillation method '{name}' needs GFL box distributions in teacher and student; "
                     f"got {type(teacher).__name__} -> {type(student).__name__}"
                 )
-        return {"student": student, "teacher": teacher, "distillers": distillers}
+        return {
+            "student": student,
+            "teacher": teacher,
+            "distillers": distillers,
+            "vis_period": cfg.MODEL.TID.VIS_PERIOD,
+        }
 
     @property
     def teacher(self) -> nn.Module:
@@ -158,4 +174,26 @@ class TeacherStudent(nn.Module):
             teacher_out = self._teacher.dense_outputs(batched_inputs, targets)
         for distiller in self.distillers.values():
             losses.update(distiller(teacher_out, student_out, targets))
+        if self.vis_period > 0 and "tid" in self.distillers:
+            storage = get_event_storage()
+            if storage.iter % self.vis_period == 0:
+                self._put_area_sheet(storage, batched_inputs, teacher_out, student_out, targets)
         return losses
+
+    def _put_area_sheet(self, storage, batched_inputs, teacher_out, student_out, targets) -> None:
+        from ..visualization import tid_area_sheet_for_tensorboard
+
+        tid = self.distillers["tid"]
+        areas = tid.areas(teacher_out, student_out, targets)
+        sheet = tid_area_sheet_for_tensorboard(
+            batched_inputs[0]["image"],
+            areas,
+            index=0,
+            input_format=getattr(self.student, "input_format", "BGR"),
+            gt_boxes=targets[0].gt_boxes.tensor,
+            strides=list(self.student.strides),
+            offset=self.student.anchor_generator.offset,
+            score_max=max(tid.score_levels) ** 2,
+            title=f"iter {storage.iter}",
+        )
+        storage.put_image("tid/areas", sheet)
