@@ -58,7 +58,10 @@ def run(name, config, opts, log_path):
     print(f"\n=== {name}: {' '.join(cmd[1:])}\n    full log: {log_path}", flush=True)
     start = time.time()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = subprocess.Popen(
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
         for line in proc.stdout:
             log.write(line)
             if " eta: " in line:
