@@ -3,6 +3,7 @@ named non-finite-loss check and an exact resume (weights, optimizer, scheduler, 
 import logging
 import os
 import time
+import weakref
 from typing import Mapping
 from unittest import mock
 
@@ -15,6 +16,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from ..modeling.teacher_student import TeacherStudent
+from .checkpoint import AtomicCheckpointer
 from .hooks import TIDHook, unwrap
 
 __all__ = ["TIDTrainer", "build_evaluator", "check_finite_losses"]
@@ -107,6 +109,9 @@ class TIDTrainer(DefaultTrainer):
         return build_evaluator(cfg, dataset_name, output_folder)
 
     def build_hooks(self):
+        self.checkpointer = AtomicCheckpointer(
+            self.model, self.cfg.OUTPUT_DIR, trainer=weakref.proxy(self)
+        )
         hooks = super().build_hooks()
         if isinstance(unwrap(self.model), TeacherStudent):
             def eval_teacher(teacher):

@@ -1,40 +1,11 @@
-"""Exact resumption: a training sampler that can start anywhere in its index stream, and a
-checkpointer whose files appear whole or not at all."""
-import itertools
+"""`AtomicCheckpointer`: a DetectionCheckpointer whose files appear whole or not at all."""
 import os
 
 import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data.samplers import TrainingSampler
 
-__all__ = ["ResumableTrainingSampler", "AtomicCheckpointer"]
-
-
-class ResumableTrainingSampler(TrainingSampler):
-    """
-    Detectron2's TrainingSampler whose infinite stream is a pure function of (seed, position): epoch e
-    is a permutation seeded by (seed, e). Setting `start` (a position in the global stream, i.e.
-    iterations done x total batch size) before iteration begins continues exactly where an
-    uninterrupted run would be, without replaying the data.
-    """
-
-    def __init__(self, size: int, shuffle: bool = True, seed=None):
-        super().__init__(size, shuffle=shuffle, seed=seed)
-        self.start = 0
-
-    def _epoch(self, epoch: int):
-        if not self._shuffle:
-            return torch.arange(self._size).tolist()
-        g = torch.Generator()
-        g.manual_seed((self._seed * 1_000_003 + epoch) % (2**63))
-        return torch.randperm(self._size, generator=g).tolist()
-
-    def _infinite_indices(self):
-        epoch, offset = divmod(self.start, self._size)
-        yield from self._epoch(epoch)[offset:]
-        for e in itertools.count(epoch + 1):
-            yield from self._epoch(e)
+__all__ = ["AtomicCheckpointer"]
 
 
 def _atomic_write(path: str, write, mode: str) -> None:
