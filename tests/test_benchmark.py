@@ -238,3 +238,23 @@ def test_diverged_runs_are_results(tiny_shapes, tmp_path):
     md = format_markdown(res)
     assert "| tid | diverged |" in md
     assert "tid: diverged (non-finite loss) with seed 0 (1 of 1 seeds); no result" in md
+
+
+def test_bench_detectors_times_every_architecture(tiny_shapes):
+    import importlib.util
+
+    from conftest import REPO, TINY_TRAIN
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_detectors", os.path.join(REPO, "tools", "bench_detectors.py")
+    )
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    result = tool.main([
+        "--images", "2", "--rounds", "1", "--warmup", "0", "--opts",
+        "DATASETS.TRAIN", f"('{TINY_TRAIN}',)", "INPUT.MIN_SIZE_TRAIN", "(128,)",
+        "INPUT.MAX_SIZE_TRAIN", "192", "MODEL.DEVICE", "cpu",
+    ])
+    assert set(result) == {"FCOS", "GFL", "ATSS"}
+    assert result["FCOS"]["ratio_to_fcos"] == 1.0
+    assert all(r["step_time_s"] > 0 for r in result.values())
