@@ -4,7 +4,9 @@ import os
 import pytest
 import torch
 
+from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog
+from detectron2.modeling import build_model
 
 import tid_d2  # noqa: F401  (registers models, distillers and the default datasets)
 from tid_d2.data import register_shapes
@@ -48,3 +50,21 @@ def quickstart_cfg(name: str, *opts, freeze: bool = True):
         "MODEL.DEVICE", "cpu",
     ]
     return setup_cfg(os.path.join(REPO, "configs", "quickstart", f"{name}.yaml"), base + list(opts), freeze)
+
+
+@pytest.fixture(scope="module")
+def teachers(tiny_shapes, tmp_path_factory):
+    """Randomly initialised quickstart teachers saved with DetectionCheckpointer: name -> path."""
+    out = tmp_path_factory.mktemp("teachers")
+    paths = {}
+    for name, opts in (
+        ("GFL-teacher", ()),
+        ("ATSS-teacher", ()),
+        ("GFL-teacher-5cls", ("MODEL.GFL.NUM_CLASSES", "5")),
+    ):
+        torch.manual_seed(1)
+        cfg_name = name.replace("-5cls", "")
+        model = build_model(quickstart_cfg(cfg_name, *opts))
+        DetectionCheckpointer(model, save_dir=str(out)).save(name)
+        paths[name] = str(out / f"{name}.pth")
+    return paths

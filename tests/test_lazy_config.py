@@ -287,3 +287,103 @@ def test_lazy_train_net_names_missing_entries(tmp_path):
     cfg.train.device = "cpu"
     with pytest.raises(ValueError, match="amp"):
         lazy_train_net.resolve_device(cfg)
+
+
+# ----- TeacherStudent (TID) from LazyConfig -------------------------------------------------------
+TID_SCALARS = (
+    "teacher_channels", "student_channels", "tasks", "threshold_mode", "pos_thresh", "neg_thresh",
+    "score_levels", "cls_tau", "cls_tau_bg", "key_thresh", "weak_thresh", "ldam", "soft_weights",
+    "alpha", "beta", "gamma", "loss_weight", "normalize",
+)
+
+
+def test_yaml_and_lazy_build_the_same_tid_model(teachers):
+    """configs/quickstart/TID-GFL.yaml and configs/lazy/quickstart/tid_gfl.py: the same student,
+    teacher (with the same loaded weights), adapter and TID hyper-parameters."""
+    yaml_model = build_model(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"]))
+    lz = load_lazy("quickstart/tid_gfl.py")
+    lz.model.teacher.weights = teachers["GFL-teacher"]
+    lazy_model = instantiate(lz.model)
+    assert type(lazy_model).__name__ == "TeacherStudent"
+    assert_same_model(yaml_model.student, lazy_model.student)
+    assert_same_model(yaml_model.teacher, lazy_model.teacher)
+    assert structure(yaml_model) == structure(lazy_model)  # student + distillers (adapter)
+    for k, v in yaml_model.teacher.state_dict().items():
+        assert torch.equal(v, lazy_model.teacher.state_dict()[k]), k
+    assert not lazy_model.teacher.training and not any(
+        p.requires_grad for p in lazy_model.teacher.parameters()
+    )
+    y, l = yaml_model.distillers["tid"], lazy_model.distillers["tid"]
+    assert {k: getattr(y, k) for k in TID_SCALARS} == {k: getattr(l, k) for k in TID_SCALARS}
+
+
+def test_full_size_lazy_tid_config_pairs_r101_teacher_with_r50_student():
+    lz = load_lazy("tid_gfl_r101_r50_1x.py")
+    assert lz.model.teacher.teacher.backbone.bottom_up.stages.depth == 101
+    assert lz.model.student.backbone.bottom_up.stages.depth == 50
+    assert lz.model.teacher.weights == "output/GFL-R101-2x-ms/model_final.pth"
+    assert lz.train.init_checkpoint.endswith("R-50.pkl")  # loaded into the student
+    tid = lz.model.distillers.tid
+    assert tid.teacher_channels == lz.model.teacher.teacher.backbone.out_channels == 256
+    assert tid.student_channels == lz.model.student.backbone.out_channels == 256
+    yaml_cfg = setup_cfg(os.path.join(REPO, "configs", "TID-R50.yaml"))
+    assert lz.train.output_dir == yaml_cfg.OUTPUT_DIR
+    assert lz.dataloader.train.dataset.names == yaml_cfg.DATASETS.TRAIN[0]
+
+
+def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_shapes, tmp_path):
+    """lazy_train_net.py on a TID LazyConfig: the TID hook runs (warm-up, diagnostics), losses and
+    checkpoints are the distillation ones, and --eval-only needs no teacher."""
+    train_name, val_name = tiny_shapes
+    out = tmp_path / "out"
+    args = [
+        "--config-file", os.path.join(LAZY, "quickstart", "tid_gfl.py"),
+        f"train.output_dir={out}",
+        f"model.teacher.weights={teachers['GFL-teacher']}",
+        f"dataloader.train.dataset.names={train_name}",
+        f"dataloader.test.dataset.names={val_name}",
+        "dataloader.train.total_batch_size=2",
+        "dataloader.train.num_workers=0",
+        "dataloader.test.num_workers=0",
+        "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
+        "dataloader.train.mapper.augmentations.0.max_size=192",
+        "dataloader.test.mapper.augmentations.0.short_edge_length=128",
+        "dataloader.test.mapper.augmentations.0.max_size=192",
+        "model.student.test_score_thresh=0.0",
+        "train.distill.warmup_iters=4",
+    ]
+    log = run_script("lazy_train_net.py", args + ["train.max_iter=2", "train.log_period=1"],
+                     tiny_shapes, tmp_path)
+    metrics = [json.loads(line) for line in (out / "metrics.json").read_text().splitlines()]
+    last = [m for m in metrics if "total_loss" in m][-1]
+    for k in ("loss_tid_key", "loss_tid_weak", "loss_tid_other", "loss_gfl_cls"):
+        assert math.isfinite(last[k]), k
+    assert last["distill/weight"] == 0.5  # (iteration 1 + 1) / warmup_iters 4
+    assert 0.0 <= last["tid/p3/frac_key"] <= 1.0
+    ckpt = torch.load(out / "model_final.pth", weights_only=False)["model"]
+    assert "distillers.tid.adapter.weight" in ckpt and not any(k.startswith("teacher") for k in ckpt)
+    trained = copypaste_numbers(log)
+    assert len(trained) == 1 and trained[0].split(",")[0] != "nan"
+
+    no_teacher = [a for a in args if not a.startswith("model.teacher.weights")]
+    no_teacher += ["model.teacher.weights=/nonexistent/teacher.pth",
+                   f"train.init_checkpoint={out / 'model_final.pth'}"]
+    log = run_script("lazy_train_net.py", ["--eval-only"] + no_teacher, tiny_shapes, tmp_path)
+    assert copypaste_numbers(log) == trained
+
+
+def test_lazy_tid_hook_rejects_unknown_distill_keys(teachers):
+    sys.path.insert(0, os.path.join(REPO, "projects", "TID"))
+    try:
+        import lazy_train_net
+    finally:
+        sys.path.pop(0)
+    lz = load_lazy("quickstart/tid_gfl.py")
+    lz.model.teacher.weights = teachers["GFL-teacher"]
+    model = instantiate(lz.model)
+    assert lazy_train_net.tid_hook(lz, model).warmup_iters == 0
+    lz.train.distill.warmup = 5
+    with pytest.raises(KeyError, match="train.distill has unknown keys \\['warmup'\\]"):
+        lazy_train_net.tid_hook(lz, model)
+    plain = load_lazy("quickstart/gfl_student.py")
+    assert lazy_train_net.tid_hook(plain, instantiate(plain.model)) is None

@@ -28,24 +28,6 @@ FCOS_STUDENT = ("MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "FCOS", "MODEL.FCOS.N
                 "MODEL.FCOS.NUM_CONVS", "2")
 
 
-@pytest.fixture(scope="module")
-def teachers(tiny_shapes, tmp_path_factory):
-    """Randomly initialised quickstart teachers saved with DetectionCheckpointer: name -> path."""
-    out = tmp_path_factory.mktemp("teachers")
-    paths = {}
-    for name, opts in (
-        ("GFL-teacher", ()),
-        ("ATSS-teacher", ()),
-        ("GFL-teacher-5cls", ("MODEL.GFL.NUM_CLASSES", "5")),
-    ):
-        torch.manual_seed(1)
-        cfg_name = name.replace("-5cls", "")
-        model = build_model(quickstart_cfg(cfg_name, *opts))
-        DetectionCheckpointer(model, save_dir=str(out)).save(name)
-        paths[name] = str(out / f"{name}.pth")
-    return paths
-
-
 def tid_cfg(teachers, name="TID-GFL", teacher="GFL-teacher", *opts):
     return quickstart_cfg(name, "MODEL.TEACHER.WEIGHTS", teachers[teacher], *opts)
 
@@ -232,7 +214,7 @@ def test_warmup_ramps_every_distillers_loss_scale(teachers, tiny_shapes):
     cfg = tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.DISTILL.METHODS", "['TID', 'FITNET']",
                   "MODEL.DISTILL.WARMUP_ITERS", "4")
     model = build(cfg)
-    hook = TIDHook(cfg)
+    hook = TIDHook.from_config(cfg)
     with EventStorage() as storage:
         hook.trainer = SimpleNamespace(model=model, iter=0, storage=storage, max_iter=10)
         for it, want in ((0, 0.25), (1, 0.5), (2, 0.75), (3, 1.0), (7, 1.0)):

@@ -9,7 +9,7 @@ from detectron2.structures import Boxes, Instances, pairwise_iou
 
 from tid_d2.config import add_tid_config
 from tid_d2.distill.adapters import build_adapter
-from tid_d2.distill.base import build_distillers
+from tid_d2.distill.base import build_distillers, distiller_dict
 from tid_d2.distill.tid import (
     TID,
     batched_iou,
@@ -435,10 +435,11 @@ def test_ablation_switches_change_areas():
 def test_ablation_switches_change_losses():
     targets = make_targets()
     teacher, student = make_pair()
-    base = build()(teacher, student, targets)
+    w = dict(alpha=1.0, beta=1.0, gamma=0.1)  # the factors below are relative to these
+    base = build(**w)(teacher, student, targets)
     assert all(v.item() > 0 for v in base.values())
 
-    no_ldam = build(ldam=False)(teacher, student, targets)
+    no_ldam = build(ldam=False, **w)(teacher, student, targets)
     assert no_ldam["loss_tid_weak"].item() == 0.0
     assert no_ldam["loss_tid_key"].item() == pytest.approx(base["loss_tid_key"].item())
     assert no_ldam["loss_tid_other"].item() != pytest.approx(base["loss_tid_other"].item())
@@ -448,15 +449,15 @@ def test_ablation_switches_change_losses():
         assert scaled[f"loss_tid_{name}"].item() == pytest.approx(
             f * base[f"loss_tid_{name}"].item(), rel=1e-5
         )
-    tid = build()
+    tid = build(**w)
     tid.loss_scale = 0.25
     warm = tid(teacher, student, targets)
     for name in base:
         assert warm[name].item() == pytest.approx(0.25 * base[name].item(), rel=1e-5)
     for tasks in ("cls", "reg"):
-        other = build(tasks=tasks)(teacher, student, targets)
+        other = build(tasks=tasks, **w)(teacher, student, targets)
         assert other["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
-    fixed = build(threshold_mode="fixed")(teacher, student, targets)
+    fixed = build(threshold_mode="fixed", **w)(teacher, student, targets)
     assert fixed["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
 
 
@@ -478,7 +479,7 @@ def test_gradients_reach_student_and_adapter_only():
     for x in no_grad:
         assert x.grad is None
     ref = _manual_losses(teacher, student, tid.areas(teacher, student, make_targets()), tid.adapter)
-    assert losses["loss_tid_key"].item() == pytest.approx(ref["key"], rel=1e-5)
+    assert losses["loss_tid_key"].item() == pytest.approx(tid.alpha * ref["key"], rel=1e-5)
 
 
 def test_zero_loss_when_features_equal():
@@ -588,3 +589,18 @@ def test_build_from_config_and_bad_keys():
     cfg.MODEL.TID.SCORE_LEVELS = [2.0, 1.5]
     with pytest.raises(ValueError, match="MODEL.TID.SCORE_LEVELS"):
         TID(cfg, 8, 8)
+
+
+def test_keyword_defaults_are_the_config_defaults():
+    """TID built from keywords alone (LazyConfig) equals TID built from MODEL.TID's defaults."""
+    from_cfg = build_distillers(add_tid_config(get_cfg()), 8, 8)["tid"]
+    from_kwargs = TID(teacher_channels=8, student_channels=8)
+    public = lambda m: {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "diagnostics"}  # noqa: E731
+    assert public(from_cfg) == public(from_kwargs)
+
+
+def test_distiller_dict_checks_names():
+    tid = TID(teacher_channels=8, student_channels=8)
+    assert list(distiller_dict(tid=tid)) == ["tid"]
+    with pytest.raises(ValueError, match="'fitnet' must be a Distiller named 'fitnet'"):
+        distiller_dict(fitnet=tid)

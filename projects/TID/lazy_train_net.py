@@ -1,9 +1,11 @@
 #!/usr/bin/env python
 """
-Train or evaluate a GFL/ATSS detector from a LazyConfig (configs/lazy/*.py), in the manner of
-Detectron2's tools/lazyconfig_train_net.py; also on the CPU (`train.device=cpu`, GLOO processes).
+Train or evaluate a GFL/ATSS detector, or distill a teacher into a student, from a LazyConfig
+(configs/lazy/*.py), in the manner of Detectron2's tools/lazyconfig_train_net.py; also on the CPU
+(`train.device=cpu`, GLOO processes).
 
     python projects/TID/lazy_train_net.py --config-file configs/lazy/gfl_r50_1x.py --num-gpus 8
+    python projects/TID/lazy_train_net.py --config-file configs/lazy/tid_gfl_r101_r50_1x.py --num-gpus 8
     python projects/TID/lazy_train_net.py --config-file configs/lazy/quickstart/gfl_student.py
     python projects/TID/lazy_train_net.py --config-file CFG --eval-only train.init_checkpoint=X.pth
 """
@@ -18,8 +20,6 @@ import torch  # noqa: E402
 from detectron2.checkpoint import DetectionCheckpointer  # noqa: E402
 from detectron2.config import LazyConfig, instantiate  # noqa: E402
 from detectron2.engine import (  # noqa: E402
-    AMPTrainer,
-    SimpleTrainer,
     default_argument_parser,
     default_setup,
     default_writers,
@@ -31,6 +31,10 @@ from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa
 from detectron2.utils import comm  # noqa: E402
 
 import tid_d2  # noqa: E402,F401  (registers models and the tid_shapes datasets)
+from tid_d2.engine import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, TIDHook  # noqa: E402
+from tid_d2.engine.hooks import unwrap  # noqa: E402
+from tid_d2.modeling.teacher_student import TeacherStudent  # noqa: E402
+from tid_d2.tools_common import load_weights_strict  # noqa: E402
 
 logger = logging.getLogger("detectron2")
 
@@ -82,9 +86,46 @@ def do_test(cfg, model):
     return ret
 
 
+def build_eval_model(cfg):
+    """The model to evaluate, loaded from train.init_checkpoint: a TeacherStudent config gives its
+    student alone (no teacher needed), loaded strictly from a training or exported checkpoint."""
+    if cfg.model.get("_target_") is TeacherStudent:
+        model = instantiate(cfg.model.student).to(cfg.train.device)
+        if cfg.train.init_checkpoint:
+            load_weights_strict(model, cfg.train.init_checkpoint, key="train.init_checkpoint")
+    else:
+        model = instantiate(cfg.model).to(cfg.train.device)
+        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
+    return model.eval()
+
+
+def tid_hook(cfg, model):
+    """The TID hook for a TeacherStudent model (None otherwise), from `train.distill`:
+    warmup_iters (the distillation weight's linear ramp) and eval_teacher (evaluate it once)."""
+    if not isinstance(unwrap(model), TeacherStudent):
+        return None
+    distill = cfg.train.get("distill", {})
+    unknown = set(distill) - {"warmup_iters", "eval_teacher"}
+    if unknown:
+        raise KeyError(f"train.distill has unknown keys {sorted(unknown)}; known: warmup_iters, eval_teacher")
+    eval_teacher = (lambda teacher: do_test(cfg, teacher)) if distill.get("eval_teacher", False) else None
+    return TIDHook(warmup_iters=distill.get("warmup_iters", 0), eval_teacher_fn=eval_teacher)
+
+
+def load_initial_weights(checkpointer, model, init_checkpoint: str, resume: bool) -> None:
+    """Resume from train.output_dir, else load train.init_checkpoint: into the student when
+    distilling (ImageNet or detector weights fit it unchanged)."""
+    student = getattr(unwrap(model), "student", None)
+    if student is None or (resume and checkpointer.has_checkpoint()):
+        checkpointer.resume_or_load(init_checkpoint, resume=resume)
+    elif init_checkpoint:
+        DetectionCheckpointer(student).load(init_checkpoint)
+
+
 def do_train(args, cfg):
     """SimpleTrainer (AMPTrainer with train.amp.enabled) with LR schedule, checkpoint, evaluation
-    and writer hooks; resumes from train.output_dir with --resume."""
+    and writer hooks, and the TID hook for a TeacherStudent model; a NaN/Inf loss stops training
+    naming the loss; resumes from train.output_dir with --resume."""
     model = instantiate(cfg.model)
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
@@ -94,11 +135,13 @@ def do_train(args, cfg):
     train_loader = instantiate(cfg.dataloader.train)
 
     model = ddp(model, **cfg.train.ddp)
-    trainer = (AMPTrainer if cfg.train.amp.enabled else SimpleTrainer)(model, train_loader, optim)
+    trainer_cls = FiniteLossAMPTrainer if cfg.train.amp.enabled else FiniteLossSimpleTrainer
+    trainer = trainer_cls(model, train_loader, optim)
     checkpointer = DetectionCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     trainer.register_hooks(
         [
             hooks.IterationTimer(),
+            tid_hook(cfg, model),
             hooks.LRScheduler(scheduler=instantiate(cfg.lr_multiplier)),
             hooks.PeriodicCheckpointer(checkpointer, **cfg.train.checkpointer)
             if comm.is_main_process()
@@ -113,7 +156,7 @@ def do_train(args, cfg):
         ]
     )
 
-    checkpointer.resume_or_load(cfg.train.init_checkpoint, resume=args.resume)
+    load_initial_weights(checkpointer, model, cfg.train.init_checkpoint, args.resume)
     # a checkpoint stores the iteration that just finished: continue with the next one
     start_iter = trainer.iter + 1 if args.resume and checkpointer.has_checkpoint() else 0
     trainer.train(start_iter, cfg.train.max_iter)
@@ -127,11 +170,7 @@ def main(args):
     default_setup(cfg, args)
 
     if args.eval_only:
-        model = instantiate(cfg.model)
-        model.to(cfg.train.device)
-        model = ddp(model)
-        DetectionCheckpointer(model).load(cfg.train.init_checkpoint)
-        return do_test(cfg, model)
+        return do_test(cfg, ddp(build_eval_model(cfg)))
     do_train(args, cfg)
 
 

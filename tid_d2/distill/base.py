@@ -7,7 +7,7 @@ from torch import Tensor, nn
 
 from ..modeling.outputs import DenseOutputs
 
-__all__ = ["DISTILLER_REGISTRY", "Distiller", "build_distillers"]
+__all__ = ["DISTILLER_REGISTRY", "Distiller", "build_distillers", "distiller_dict"]
 
 DISTILLER_REGISTRY = Registry("DISTILLER")
 DISTILLER_REGISTRY.__doc__ = """
@@ -50,3 +50,12 @@ def build_distillers(cfg, teacher_channels: int, student_channels: int) -> nn.Mo
             )
         out[m] = DISTILLER_REGISTRY.get(known[m])(cfg, teacher_channels, student_channels)
     return out
+
+
+def distiller_dict(**methods: Distiller) -> nn.ModuleDict:
+    """The distillers of a TeacherStudent from keyword arguments (LazyConfig: `L(distiller_dict)(
+    tid=L(TID)(...))`); keys are the methods' lower-case names, as `build_distillers` gives them."""
+    for key, d in methods.items():
+        if not isinstance(d, Distiller) or key != d.name:
+            raise ValueError(f"distiller_dict: '{key}' must be a Distiller named '{key}', got {d!r:.80}")
+    return nn.ModuleDict(methods)

@@ -361,9 +361,9 @@ class TID(Distiller):
         weak_thresh: float = 0.4,
         ldam: bool = True,
         soft_weights: bool = False,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-        gamma: float = 0.1,
+        alpha: float = 2.0,
+        beta: float = 2.0,
+        gamma: float = 0.5,
         loss_weight: float = 1.0,
         normalize: str = "all",
     ):

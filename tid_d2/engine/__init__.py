@@ -1,4 +1,4 @@
 from .hooks import TIDHook
-from .trainer import TIDTrainer, build_evaluator
+from .trainer import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, TIDTrainer, build_evaluator
 
-__all__ = ["TIDHook", "TIDTrainer", "build_evaluator"]
+__all__ = ["FiniteLossAMPTrainer", "FiniteLossSimpleTrainer", "TIDHook", "TIDTrainer", "build_evaluator"]

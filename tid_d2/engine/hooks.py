@@ -35,14 +35,29 @@ class TIDHook(HookBase):
 
     def __init__(
         self,
-        cfg,
+        warmup_iters: int = 0,
         eval_teacher_fn: Optional[Callable[[torch.nn.Module], Dict]] = None,
         log_period: int = 20,
     ):
-        self.warmup_iters = cfg.MODEL.DISTILL.WARMUP_ITERS
-        self.eval_teacher = cfg.TEST.EVAL_TEACHER
+        """
+        Args:
+            warmup_iters: MODEL.DISTILL.WARMUP_ITERS (0: full weight from the first iteration).
+            eval_teacher_fn: evaluates the teacher once before training (None: it is not evaluated).
+            log_period: how often diagnostics go to EventStorage.
+        """
+        self.warmup_iters = int(warmup_iters)
         self.eval_teacher_fn = eval_teacher_fn
         self.log_period = log_period
+
+    @classmethod
+    def from_config(cls, cfg, eval_teacher_fn=None, log_period: int = 20) -> "TIDHook":
+        """The hook of a yacs config: MODEL.DISTILL.WARMUP_ITERS, and TEST.EVAL_TEACHER gates the
+        teacher evaluation."""
+        return cls(
+            warmup_iters=cfg.MODEL.DISTILL.WARMUP_ITERS,
+            eval_teacher_fn=eval_teacher_fn if cfg.TEST.EVAL_TEACHER else None,
+            log_period=log_period,
+        )
 
     @property
     def model(self):
@@ -52,7 +67,7 @@ class TIDHook(HookBase):
         from ..modeling.teacher_student import check_compatible
 
         check_compatible(self.model.teacher, self.model.student)
-        if self.eval_teacher and self.eval_teacher_fn is not None:
+        if self.eval_teacher_fn is not None:
             results = flatten_results_dict(self.eval_teacher_fn(self.model.teacher) or {})
             flat = {f"teacher/{k}": float(v) for k, v in results.items()}
             logger.info(f"Teacher evaluation: {flat}")

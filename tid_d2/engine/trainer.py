@@ -19,7 +19,10 @@ from ..modeling.teacher_student import TeacherStudent
 from .checkpoint import AtomicCheckpointer
 from .hooks import TIDHook, unwrap
 
-__all__ = ["TIDTrainer", "build_evaluator", "check_finite_losses"]
+__all__ = [
+    "TIDTrainer", "build_evaluator", "check_finite_losses", "FiniteLossSimpleTrainer",
+    "FiniteLossAMPTrainer",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +77,12 @@ class _FiniteLossMixin:
         super()._write_metrics(check_finite_losses(loss_dict, iter), data_time, prefix, iter)
 
 
-class _SimpleTrainer(_FiniteLossMixin, SimpleTrainer):
-    pass
+class FiniteLossSimpleTrainer(_FiniteLossMixin, SimpleTrainer):
+    """SimpleTrainer that stops on a NaN/Inf loss, naming it."""
 
 
-class _AMPTrainer(_FiniteLossMixin, AMPTrainer):
-    pass
+class FiniteLossAMPTrainer(_FiniteLossMixin, AMPTrainer):
+    """AMPTrainer that stops on a NaN/Inf loss, naming it."""
 
 
 def _create_ddp_model(model, **kwargs):
@@ -99,8 +102,8 @@ class TIDTrainer(DefaultTrainer):
         with mock.patch.multiple(
             d2_defaults,
             create_ddp_model=_create_ddp_model,
-            SimpleTrainer=_SimpleTrainer,
-            AMPTrainer=_AMPTrainer,
+            SimpleTrainer=FiniteLossSimpleTrainer,
+            AMPTrainer=FiniteLossAMPTrainer,
         ):
             super().__init__(cfg)
 
@@ -117,7 +120,7 @@ class TIDTrainer(DefaultTrainer):
             def eval_teacher(teacher):
                 return type(self).test(self.cfg, teacher)
 
-            hooks.insert(1, TIDHook(self.cfg, eval_teacher_fn=eval_teacher))
+            hooks.insert(1, TIDHook.from_config(self.cfg, eval_teacher_fn=eval_teacher))
         return hooks
 
     def resume_or_load(self, resume=True):
