@@ -328,3 +328,9 @@ def test_vis_period_puts_area_sheets_into_event_storage(teachers, tiny_shapes):
     assert [step for _, _, step in images] == [0, 2]
     img = images[0][1]
     assert img.ndim == 3 and img.shape[0] == 3 and img.dtype.name == "uint8"
+
+
+def test_amp_on_the_cpu_is_a_clear_error(teachers, tmp_path):
+    cfg = tiny_train_cfg(teachers, tmp_path, "SOLVER.AMP.ENABLED", "True")
+    with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED=True needs a CUDA device"):
+        TIDTrainer(cfg)

@@ -99,6 +99,11 @@ class TIDTrainer(DefaultTrainer):
     """DefaultTrainer for plain detectors and `TeacherStudent` distillation alike."""
 
     def __init__(self, cfg):
+        if cfg.SOLVER.AMP.ENABLED and not str(cfg.MODEL.DEVICE).startswith("cuda"):
+            raise ValueError(
+                f"SOLVER.AMP.ENABLED=True needs a CUDA device (MODEL.DEVICE={cfg.MODEL.DEVICE}); "
+                "set SOLVER.AMP.ENABLED False to train on the CPU"
+            )
         with mock.patch.multiple(
             d2_defaults,
             create_ddp_model=_create_ddp_model,
