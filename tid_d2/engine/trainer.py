@@ -11,10 +11,11 @@ import torch
 
 import detectron2.engine.defaults as d2_defaults
 from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.data import MetadataCatalog
+from detectron2.data import MetadataCatalog, build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
+from ..data.checked_loading import FileNamingDatasetMapper, naming_annotation_errors
 from ..modeling.teacher_student import TeacherStudent
 from .checkpoint import AtomicCheckpointer
 from .hooks import TIDHook, unwrap
@@ -111,6 +112,18 @@ class TIDTrainer(DefaultTrainer):
             AMPTrainer=FiniteLossAMPTrainer,
         ):
             super().__init__(cfg)
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        with naming_annotation_errors(cfg.DATASETS.TRAIN):
+            return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        with naming_annotation_errors([dataset_name]):
+            return build_detection_test_loader(
+                cfg, dataset_name, mapper=FileNamingDatasetMapper(cfg, False)
+            )
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

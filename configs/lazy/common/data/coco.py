@@ -5,18 +5,19 @@ from omegaconf import OmegaConf
 import detectron2.data.transforms as T
 from detectron2.config import LazyCall as L
 from detectron2.data import (
-    DatasetMapper,
     build_detection_test_loader,
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
 from detectron2.evaluation import COCOEvaluator
 
+from tid_d2.data.checked_loading import FileNamingDatasetMapper  # DatasetMapper, naming unreadable images
+
 dataloader = OmegaConf.create()
 
 dataloader.train = L(build_detection_train_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_train", filter_empty=True),
-    mapper=L(DatasetMapper)(
+    mapper=L(FileNamingDatasetMapper)(
         is_train=True,
         augmentations=[
             L(T.ResizeShortestEdge)(short_edge_length=(800,), max_size=1333, sample_style="choice"),
@@ -30,7 +31,7 @@ dataloader.train = L(build_detection_train_loader)(
 
 dataloader.test = L(build_detection_test_loader)(
     dataset=L(get_detection_dataset_dicts)(names="coco_2017_val", filter_empty=False),
-    mapper=L(DatasetMapper)(
+    mapper=L(FileNamingDatasetMapper)(
         is_train=False,
         augmentations=[
             L(T.ResizeShortestEdge)(short_edge_length=800, max_size=1333, sample_style="choice"),
