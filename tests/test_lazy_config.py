@@ -225,19 +225,12 @@ def run_script(script: str, args, tiny_shapes, cwd) -> str:
     return proc.stdout + proc.stderr
 
 
-def copypaste_numbers(log: str):
-    """The AP numbers print_csv_format logs for the bbox task ("copypaste: 1.2,3.4,...")."""
-    return re.findall(r"copypaste: ([-\d.,na]+)\s*$", log, flags=re.M)
-
-
-def test_lazy_train_net_trains_evaluates_and_resumes(tiny_shapes, tmp_path):
-    """The script end to end on the CPU: 2 iterations on the tiny dataset (checkpoint, metrics,
-    config, evaluation after training), --eval-only on the checkpoint (the same AP), --resume."""
+def tiny_lazy_args(quickstart_config: str, out, tiny_shapes):
+    """lazy_train_net.py arguments: a configs/lazy/quickstart file on the tiny dataset, 2 images of
+    128 px per batch, no loader workers, outputs under `out`."""
     train_name, val_name = tiny_shapes
-    out = tmp_path / "out"
-    args = [
-        "--config-file", os.path.join(LAZY, "quickstart", "gfl_student.py"),
-        "train.device=cpu",
+    return [
+        "--config-file", os.path.join(LAZY, "quickstart", quickstart_config),
         f"train.output_dir={out}",
         f"dataloader.train.dataset.names={train_name}",
         f"dataloader.test.dataset.names={val_name}",
@@ -248,6 +241,21 @@ def test_lazy_train_net_trains_evaluates_and_resumes(tiny_shapes, tmp_path):
         "dataloader.train.mapper.augmentations.0.max_size=192",
         "dataloader.test.mapper.augmentations.0.short_edge_length=128",
         "dataloader.test.mapper.augmentations.0.max_size=192",
+    ]
+
+
+def copypaste_numbers(log: str):
+    """The AP numbers print_csv_format logs for the bbox task ("copypaste: 1.2,3.4,...")."""
+    return re.findall(r"copypaste: ([-\d.,na]+)\s*$", log, flags=re.M)
+
+
+def test_lazy_train_net_trains_evaluates_and_resumes(tiny_shapes, tmp_path):
+    """The script end to end on the CPU: 2 iterations on the tiny dataset (checkpoint, metrics,
+    config, evaluation after training), --eval-only on the checkpoint (the same AP), --resume."""
+    train_name = tiny_shapes[0]
+    out = tmp_path / "out"
+    args = tiny_lazy_args("gfl_student.py", out, tiny_shapes) + [
+        "train.device=cpu",
         "model.test_score_thresh=0.0",  # an untrained model still yields detections
     ]
     log = run_script("lazy_train_net.py", args + ["train.max_iter=2"], tiny_shapes, tmp_path)
@@ -272,12 +280,18 @@ def test_lazy_train_net_trains_evaluates_and_resumes(tiny_shapes, tmp_path):
     assert torch.load(out / "model_final.pth", weights_only=False)["iteration"] == 2
 
 
-def test_lazy_train_net_names_missing_entries(tmp_path):
+def import_lazy_train_net():
+    """projects/TID/lazy_train_net.py as a module."""
     sys.path.insert(0, os.path.join(REPO, "projects", "TID"))
     try:
         import lazy_train_net
     finally:
         sys.path.pop(0)
+    return lazy_train_net
+
+
+def test_lazy_train_net_names_missing_entries(tmp_path):
+    lazy_train_net = import_lazy_train_net()
     cfg = load_lazy("quickstart/gfl_student.py")
     del cfg.optimizer
     with pytest.raises(KeyError, match="optimizer"):
@@ -334,21 +348,9 @@ def test_full_size_lazy_tid_config_pairs_r101_teacher_with_r50_student():
 def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_shapes, tmp_path):
     """lazy_train_net.py on a TID LazyConfig: the TID hook runs (warm-up, diagnostics), losses and
     checkpoints are the distillation ones, and --eval-only needs no teacher."""
-    train_name, val_name = tiny_shapes
     out = tmp_path / "out"
-    args = [
-        "--config-file", os.path.join(LAZY, "quickstart", "tid_gfl.py"),
-        f"train.output_dir={out}",
+    args = tiny_lazy_args("tid_gfl.py", out, tiny_shapes) + [
         f"model.teacher.weights={teachers['GFL-teacher']}",
-        f"dataloader.train.dataset.names={train_name}",
-        f"dataloader.test.dataset.names={val_name}",
-        "dataloader.train.total_batch_size=2",
-        "dataloader.train.num_workers=0",
-        "dataloader.test.num_workers=0",
-        "dataloader.train.mapper.augmentations.0.short_edge_length=[128]",
-        "dataloader.train.mapper.augmentations.0.max_size=192",
-        "dataloader.test.mapper.augmentations.0.short_edge_length=128",
-        "dataloader.test.mapper.augmentations.0.max_size=192",
         "model.student.test_score_thresh=0.0",
         "train.distill.warmup_iters=4",
     ]
@@ -373,11 +375,7 @@ def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_
 
 
 def test_lazy_tid_hook_rejects_unknown_distill_keys(teachers):
-    sys.path.insert(0, os.path.join(REPO, "projects", "TID"))
-    try:
-        import lazy_train_net
-    finally:
-        sys.path.pop(0)
+    lazy_train_net = import_lazy_train_net()
     lz = load_lazy("quickstart/tid_gfl.py")
     lz.model.teacher.weights = teachers["GFL-teacher"]
     model = instantiate(lz.model)
