@@ -136,6 +136,13 @@ def test_method_and_ablation_specs():
         parse_method("tid+kd")
     with pytest.raises(ValueError, match="twice"):
         parse_method("tid+tid")
+    f = parse_method("fgd[model.distill.fgd.alpha=1e-4, MODEL.DISTILL.FGD.BETA=5e-5]")
+    assert f.name == "fgd[MODEL.DISTILL.FGD.ALPHA=1e-4,MODEL.DISTILL.FGD.BETA=5e-5]"
+    assert f.methods == ("FGD",)
+    assert f.opts == ("MODEL.DISTILL.FGD.ALPHA", "1e-4", "MODEL.DISTILL.FGD.BETA", "5e-5")
+    for bad in ("fgd[SOLVER.BASE_LR=1]", "fgd[MODEL.DISTILL.FGD.ALPHA]", "fgd[]", "fgd[MODEL.TID.ALPHA=1"):
+        with pytest.raises(ValueError, match="--methods"):
+            parse_method(bad)
     a = parse_ablation("tasks=cls, ldam=off,alpha=2")
     assert a.name == "tid[tasks=cls,ldam=off,alpha=2]" and a.methods == ("TID",)
     assert a.opts == ("MODEL.TID.TASKS", "cls", "MODEL.TID.LDAM", "False", "MODEL.TID.ALPHA", "2.0")

@@ -90,16 +90,29 @@ def _registry_names() -> Dict[str, str]:
 
 
 def parse_method(text: str) -> MethodSpec:
-    """'tid' -> MethodSpec('tid', ('TID',)); 'tid+ld' combines methods (names case-insensitive)."""
+    """'tid' -> MethodSpec('tid', ('TID',)); 'tid+ld' combines methods (names case-insensitive);
+    'fgd[MODEL.DISTILL.FGD.ALPHA=1e-4,...]' adds MODEL.DISTILL/MODEL.TID overrides to the entry."""
+    head, bracket, rest = str(text).partition("[")
+    opts = []
+    if bracket:
+        if not rest.endswith("]") or not rest[:-1].strip():
+            raise ValueError(f"--methods: {text!r} must read METHOD[KEY=VALUE,...]")
+        for item in rest[:-1].split(","):
+            key, eq, value = (x.strip() for x in item.partition("="))
+            if not eq or not value or not key.upper().startswith(("MODEL.DISTILL.", "MODEL.TID.")):
+                raise ValueError(f"--methods: cannot read {item!r} in {text!r}; use "
+                                 "KEY=VALUE with KEY under MODEL.DISTILL or MODEL.TID")
+            opts += [key.upper(), value]
     known = _registry_names()
-    parts = [p.strip().lower() for p in str(text).split("+")]
+    parts = [p.strip().lower() for p in head.split("+")]
     bad = [p for p in parts if p not in known]
     if bad or not parts:
         raise ValueError(f"--methods: unknown method {bad or text!r} in {text!r}; known: {sorted(known)} "
                          "(combine with '+', e.g. tid+ld)")
     if len(set(parts)) != len(parts):
         raise ValueError(f"--methods: {text!r} names a method twice")
-    return MethodSpec("+".join(parts), tuple(known[p].upper() for p in parts))
+    name = "+".join(parts) + (f"[{','.join(f'{k}={v}' for k, v in zip(opts[::2], opts[1::2]))}]" if opts else "")
+    return MethodSpec(name, tuple(known[p].upper() for p in parts), tuple(opts))
 
 
 def _ablation_value(key: str, value: str):
