@@ -159,3 +159,11 @@ def test_sigmoid_focal_loss_is_fvcore():
     import fvcore.nn
 
     assert sigmoid_focal_loss is fvcore.nn.sigmoid_focal_loss
+
+
+def test_giou_wrapper_names_non_finite_boxes():
+    target = torch.tensor([[0.0, 0.0, 10.0, 10.0]])
+    with pytest.raises(FloatingPointError, match="non-finite predicted boxes"):
+        giou_loss_weighted(torch.tensor([[0.0, 0.0, float("nan"), 10.0]]), target, torch.ones(1))
+    with pytest.raises(AssertionError, match="bad box"):  # a finite bad box is fvcore's own error
+        giou_loss_weighted(torch.tensor([[5.0, 0.0, 1.0, 10.0]]), target, torch.ones(1))

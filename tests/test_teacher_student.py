@@ -334,3 +334,22 @@ def test_amp_on_the_cpu_is_a_clear_error(teachers, tmp_path):
     cfg = tiny_train_cfg(teachers, tmp_path, "SOLVER.AMP.ENABLED", "True")
     with pytest.raises(ValueError, match="SOLVER.AMP.ENABLED=True needs a CUDA device"):
         TIDTrainer(cfg)
+
+
+def test_diverged_weights_stop_training_naming_the_iteration(teachers, tiny_shapes, tmp_path):
+    """NaN weights after a step give NaN boxes: a FloatingPointError naming the iteration, not
+    fvcore's bare "bad box" assertion."""
+    cfg = tiny_train_cfg(teachers, tmp_path, "DATASETS.TEST", "()")
+    trainer = TIDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+
+    class PoisonWeights(HookBase):
+        def after_step(self):
+            if self.trainer.iter == 1:
+                with torch.no_grad():
+                    for p in self.trainer.model.student.head.parameters():
+                        p.fill_(float("nan"))
+
+    trainer.register_hooks([PoisonWeights()])
+    with pytest.raises(FloatingPointError, match="non-finite .*at iteration 2"):
+        trainer.train()

@@ -71,7 +71,16 @@ def check_finite_losses(
 
 
 class _FiniteLossMixin:
-    """Checks the losses of every iteration (before the optimizer step) with `check_finite_losses`."""
+    """Checks the losses of every iteration (before the optimizer step) with `check_finite_losses`;
+    a FloatingPointError raised inside the step (e.g. by the GIoU loss) gets the iteration added."""
+
+    def run_step(self):
+        try:
+            super().run_step()
+        except FloatingPointError as e:
+            if "iteration" in str(e):
+                raise
+            raise FloatingPointError(f"{e} (at iteration {self.iter})") from e
 
     def _write_metrics(self, loss_dict, data_time, prefix="", iter=None):
         iter = self.iter if iter is None else iter

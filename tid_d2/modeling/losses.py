@@ -90,6 +90,7 @@ def distribution_focal_loss(logits: Tensor, target: Tensor) -> Tensor:
 def giou_loss_weighted(pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor) -> Tensor:
     """
     fvcore's GIoU loss (1 - GIoU) per box pair, times a per-box weight (e.g. the GFL quality score).
+    Non-finite predicted boxes raise FloatingPointError (fvcore would fail with a bare "bad box").
 
     Args:
         pred_boxes, target_boxes: [N, 4] XYXY.
@@ -98,4 +99,14 @@ def giou_loss_weighted(pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor
     Returns:
         [N] weighted loss per pair.
     """
-    return giou_loss(pred_boxes, target_boxes, reduction="none") * weights
+    try:
+        loss = giou_loss(pred_boxes, target_boxes, reduction="none")
+    except AssertionError as e:  # fvcore's "bad box": NaN/Inf boxes fail its x2 >= x1 check
+        if bool(torch.isfinite(pred_boxes).all()):
+            raise
+        raise FloatingPointError(
+            "non-finite predicted boxes in the GIoU loss: the weights diverged at the previous "
+            "optimizer step; lower SOLVER.BASE_LR or the distillation loss weights, or set "
+            "SOLVER.CLIP_GRADIENTS.ENABLED True"
+        ) from e
+    return loss * weights
