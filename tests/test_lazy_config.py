@@ -372,6 +372,10 @@ def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_
                    f"train.init_checkpoint={out / 'model_final.pth'}"]
     log = run_script("lazy_train_net.py", ["--eval-only"] + no_teacher, tiny_shapes, tmp_path)
     assert copypaste_numbers(log) == trained
+    saved = ["--eval-only", "--config-file", str(out / "config.yaml"), f"train.output_dir={tmp_path / 'eval'}"]
+    saved += no_teacher[-2:]  # the saved config.yaml names its targets as strings
+    log = run_script("lazy_train_net.py", saved, tiny_shapes, tmp_path)
+    assert copypaste_numbers(log) == trained
 
 
 def test_lazy_tid_hook_rejects_unknown_distill_keys(teachers):

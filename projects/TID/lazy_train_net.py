@@ -29,6 +29,7 @@ from detectron2.engine import (  # noqa: E402
 from detectron2.engine.defaults import create_ddp_model  # noqa: E402
 from detectron2.evaluation import inference_on_dataset, print_csv_format  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.registry import locate  # noqa: E402
 
 import tid_d2  # noqa: E402,F401  (registers models and the tid_shapes datasets)
 from tid_d2.engine import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, TIDHook  # noqa: E402
@@ -89,7 +90,8 @@ def do_test(cfg, model):
 def build_eval_model(cfg):
     """The model to evaluate, loaded from train.init_checkpoint: a TeacherStudent config gives its
     student alone (no teacher needed), loaded strictly from a training or exported checkpoint."""
-    if cfg.model.get("_target_") is TeacherStudent:
+    target = cfg.model.get("_target_")
+    if (locate(target) if isinstance(target, str) else target) is TeacherStudent:  # str: a saved config
         model = instantiate(cfg.model.student).to(cfg.train.device)
         if cfg.train.init_checkpoint:
             load_weights_strict(model, cfg.train.init_checkpoint, key="train.init_checkpoint")
