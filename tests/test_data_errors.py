@@ -61,3 +61,8 @@ def test_malformed_annotation_json_names_the_file(tiny_shapes, tmp_path, content
     for train in (True, False):
         with pytest.raises(ValueError, match=f"malformed annotations .*{name}.*ann.json"):
             read_everything(name, train)
+
+
+def test_unregistered_dataset_keeps_detectron2s_error(tiny_shapes):
+    with pytest.raises(KeyError, match="'no_such_dataset' is not registered"):
+        read_everything("no_such_dataset", train=True)

@@ -3,7 +3,7 @@ import contextlib
 import json
 from typing import Iterable
 
-from detectron2.data import DatasetMapper, MetadataCatalog
+from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 
 __all__ = ["FileNamingDatasetMapper", "naming_annotation_errors"]
 
@@ -31,6 +31,8 @@ def naming_annotation_errors(dataset_names: Iterable[str]):
     try:
         yield
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+        if any(n not in DatasetCatalog for n in dataset_names):
+            raise  # Detectron2's own "not registered" error says it best
         files = {n: MetadataCatalog.get(n).get("json_file", "?") for n in dataset_names}
         raise ValueError(
             f"malformed annotations in dataset(s) {files}: {type(e).__name__}: {e}. A COCO json needs "
