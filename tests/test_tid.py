@@ -319,7 +319,7 @@ def flat_index(mask_levels):
 
 
 def build(**kw):
-    args = dict(teacher_channels=8, student_channels=8, normalize="area")
+    args = dict(teacher_channels=8, student_channels=8, normalize="area", loss_weight=1.0)
     args.update(kw)
     return TID(**args)
 

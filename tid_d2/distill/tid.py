@@ -364,7 +364,7 @@ class TID(Distiller):
         alpha: float = 2.0,
         beta: float = 2.0,
         gamma: float = 0.5,
-        loss_weight: float = 1.0,
+        loss_weight: float = 2.0,
         normalize: str = "all",
     ):
         """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER."""
