@@ -174,6 +174,14 @@ def test_run_cfg_and_hash():
     c = build_run_cfg("GFL", "student", seed=1, output_dir="/a", datasets=ds)
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert config_hash(a, extra="teacher1") != config_hash(a, extra="teacher2")
+    a.defrost()
+    a.MODEL.TID.LOSS_WEIGHT = 5.0  # no effect on a plain student: its cached run stays valid
+    assert config_hash(a) == config_hash(b)
+    d = build_run_cfg("GFL", "distill", seed=0, output_dir="/d", datasets=ds, spec=parse_method("tid"))
+    e = d.clone()
+    e.defrost()
+    e.MODEL.TID.LOSS_WEIGHT = 5.0
+    assert config_hash(d) != config_hash(e)
     with pytest.raises(ValueError, match="--opts"):
         build_run_cfg("GFL", "student", seed=0, output_dir="/a", datasets=ds, opts=["SOLVER.NOPE", "1"])
 

@@ -265,11 +265,15 @@ def _merge(cfg: CfgNode, opts: Sequence[str], what: str) -> None:
 
 def config_hash(cfg: CfgNode, extra: str = "") -> str:
     """A digest of everything a run's result depends on (OUTPUT_DIR and the teacher's path left out:
-    pass the teacher's own hash in `extra`)."""
+    pass the teacher's own hash in `extra`). A plain detector's digest leaves the distillation keys
+    out, so that changing a distillation default keeps the cached teacher and baselines."""
     c = cfg.clone()
     c.defrost()
     c.OUTPUT_DIR = ""
     c.MODEL.TEACHER.WEIGHTS = ""
+    if c.MODEL.META_ARCHITECTURE != "TeacherStudent":
+        for key in ("TEACHER", "DISTILL", "TID"):
+            c.MODEL.pop(key, None)
     return hashlib.sha1((c.dump() + extra).encode()).hexdigest()[:16]
 
 
