@@ -353,3 +353,14 @@ def test_diverged_weights_stop_training_naming_the_iteration(teachers, tiny_shap
     trainer.register_hooks([PoisonWeights()])
     with pytest.raises(FloatingPointError, match="non-finite .*at iteration 2"):
         trainer.train()
+
+
+def test_direct_construction_also_checks_box_distributions(teachers):
+    """The LazyConfig path calls TeacherStudent(...) directly: LD on ATSS is refused there too."""
+    from tid_d2.distill import build_distillers
+
+    cfg = tid_cfg(teachers, "TID-ATSS", "ATSS-teacher", "MODEL.DISTILL.METHODS", "['LD']")
+    atss = lambda: build_model(quickstart_cfg("ATSS-student"))  # noqa: E731
+    distillers = build_distillers(cfg, 32, 32)
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*ATSS -> ATSS"):
+        TeacherStudent(student=atss(), teacher=atss(), distillers=distillers)

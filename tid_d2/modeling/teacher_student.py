@@ -101,6 +101,15 @@ class TeacherStudent(nn.Module):
         super().__init__()
         self.vis_period = vis_period
         check_compatible(teacher, student)
+        for name, d in distillers.items():
+            if d.needs_box_distributions and not (
+                getattr(teacher, "has_box_distributions", False)
+                and getattr(student, "has_box_distributions", False)
+            ):
+                raise ValueError(
+                    f"distillation method '{name}' needs GFL box distributions in teacher and student; "
+                    f"got {type(teacher).__name__} -> {type(student).__name__}"
+                )
         self.student = student
         self.distillers = distillers
         teacher.eval().requires_grad_(False)
@@ -116,20 +125,10 @@ class TeacherStudent(nn.Module):
         teacher = load_teacher(build_model(tcfg), cfg.MODEL.TEACHER.WEIGHTS)
         check_compatible(teacher, student)
         channels = lambda m: m.backbone.output_shape()[m.head_in_features[0]].channels  # noqa: E731
-        distillers = build_distillers(cfg, channels(teacher), channels(student))
-        for name, d in distillers.items():
-            if d.needs_box_distributions and not (
-                getattr(teacher, "has_box_distributions", False)
-                and getattr(student, "has_box_distributions", False)
-            ):
-                raise ValueError(
-                    f"distillation method '{name}' needs GFL box distributions in teacher and student; "
-                    f"got {type(teacher).__name__} -> {type(student).__name__}"
-                )
         return {
             "student": student,
             "teacher": teacher,
-            "distillers": distillers,
+            "distillers": build_distillers(cfg, channels(teacher), channels(student)),
             "vis_period": cfg.MODEL.TID.VIS_PERIOD,
         }
 
