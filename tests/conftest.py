@@ -10,7 +10,7 @@ from detectron2.modeling import build_model
 
 import tid_d2  # noqa: F401  (registers models, distillers and the default datasets)
 from tid_d2.data import register_shapes
-from tid_d2.tools_common import setup_cfg
+from tid_d2.engine.defaults import setup_cfg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY_TRAIN, TINY_VAL = "tid_shapes_tiny_train", "tid_shapes_tiny_val"

@@ -7,7 +7,8 @@ import pytest
 import torch
 from detectron2.structures import Boxes, pairwise_iou
 
-from tid_d2.modeling.assigners import atss_assign, pairwise_iou_eps
+from tid_d2.modeling.assigners import atss_assign
+from tid_d2.structures import batched_iou as pairwise_iou_eps
 
 FAR = [[200.0, 200.0, 210.0, 210.0], [300.0, 300.0, 310.0, 310.0], [400.0, 0.0, 410.0, 10.0]]
 

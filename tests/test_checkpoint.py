@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from tid_d2.engine.checkpoint import AtomicCheckpointer
+from tid_d2.checkpoint import AtomicCheckpointer
 
 
 def test_atomic_checkpoint_keeps_latest_complete(tmp_path, monkeypatch):

@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
 from tid_d2.modeling import ATSS, GFL
-from tid_d2.tools_common import setup_cfg
+from tid_d2.engine.defaults import setup_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
 #: (YAML config, LazyConfig) pairs that must describe the same model and training recipe

@@ -4,6 +4,7 @@ import math
 
 import pytest
 import torch
+from detectron2.utils.events import EventStorage
 import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances
@@ -16,7 +17,7 @@ from tid_d2.distill.fgd import FGD, box_masks
 from tid_d2.distill.fitnet import FITNET
 from tid_d2.distill.ld import LD
 from tid_d2.distill.pkd import PKD
-from tid_d2.modeling.outputs import DenseOutputs
+from tid_d2.structures import DenseOutputs
 
 STRIDES = [8, 16]
 SHAPES = [(8, 8), (4, 4)]
@@ -198,8 +199,10 @@ def test_loss_scale_multiplies_every_loss(name):
     teacher, student = make_outputs(1), make_outputs(2)
     distiller = build(name)
     full = distiller(teacher, student, make_targets())
-    distiller.loss_scale = 0.25
-    scaled = distiller(teacher, student, make_targets())
+    distiller.warmup_iters = 4  # iteration 0 of a 4-iteration warm-up: factor 1/4
+    with EventStorage(0):
+        assert distiller.loss_scale == 0.25
+        scaled = distiller(teacher, student, make_targets())
     for k in full:
         assert torch.allclose(scaled[k], 0.25 * full[k], rtol=1e-5, atol=1e-8)
 

@@ -21,7 +21,8 @@ from tid_d2.distill.tid import TID
 from tid_d2.engine import TIDHook, TIDTrainer
 from tid_d2.engine.trainer import check_finite_losses
 from tid_d2.modeling.teacher_student import TeacherStudent, check_compatible
-from tid_d2.tools_common import student_cfg, student_state_dict
+from tid_d2.checkpoint import student_state_dict
+from tid_d2.engine.defaults import student_cfg
 
 ATSS_TEACHER_CFG = os.path.join(REPO, "configs", "quickstart", "ATSS-teacher.yaml")
 FCOS_STUDENT = ("MODEL.DISTILL.STUDENT_META_ARCHITECTURE", "FCOS", "MODEL.FCOS.NUM_CLASSES", "6",

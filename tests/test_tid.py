@@ -6,18 +6,13 @@ import pytest
 import torch
 from detectron2.config import get_cfg
 from detectron2.structures import Boxes, Instances, pairwise_iou
+from detectron2.utils.events import EventStorage
 
 from tid_d2.config import add_tid_config
 from tid_d2.distill.adapters import build_adapter
 from tid_d2.distill.base import build_distillers, distiller_dict
-from tid_d2.distill.tid import (
-    TID,
-    batched_iou,
-    diem_scores,
-    ldam_areas,
-    sfdm_loss,
-)
-from tid_d2.modeling.outputs import DenseOutputs
+from tid_d2.distill.tid import TID, diem_scores, ldam_areas, sfdm_loss
+from tid_d2.structures import DenseOutputs, batched_iou
 
 HI, MID, LO = 2.0, 1.5, 0.4
 LEVELS = (HI, MID, LO)
@@ -450,8 +445,10 @@ def test_ablation_switches_change_losses():
             f * base[f"loss_tid_{name}"].item(), rel=1e-5
         )
     tid = build(**w)
-    tid.loss_scale = 0.25
-    warm = tid(teacher, student, targets)
+    tid.warmup_iters = 4  # iteration 0 of a 4-iteration warm-up: factor 1/4
+    with EventStorage(0):
+        assert tid.loss_scale == 0.25
+        warm = tid(teacher, student, targets)
     for name in base:
         assert warm[name].item() == pytest.approx(0.25 * base[name].item(), rel=1e-5)
     for tasks in ("cls", "reg"):

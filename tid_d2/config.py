@@ -70,6 +70,7 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"  # the student, built from this config
     _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD (they combine)
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
+    _C.MODEL.DISTILL.LOG_PERIOD = 20  # iterations between two writes of each method's diagnostics
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
 
     # FitNet-style feature imitation: MSE over all locations and channels of all FPN levels.
@@ -101,7 +102,7 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.DISTILL.LD.VLR_ALPHA = 0.25  # VLR: VLR_ALPHA * thr_pos <= DIoU(anchor, GT) < thr_pos
     _C.MODEL.DISTILL.LD.MAIN_IOU_THRESH = 0.5  # teacher-box IoU main region if no extras["pos_mask"]
 
-    # --- TID: Task Integration Distillation (see docs and ../shared/TID_METHOD.md) -------------
+    # --- TID: Task Integration Distillation (docs/method.md) ---------------------------------
     _C.MODEL.TID = CN()
     _C.MODEL.TID.TASKS = "both"  # "both" | "cls" | "reg": which DIEM scores make the importance
     _C.MODEL.TID.THRESHOLD_MODE = "assigner"  # "assigner" (per-GT ATSS threshold) | "fixed"
@@ -117,11 +118,10 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.TID.ALPHA = 2.0  # weight of L_K
     _C.MODEL.TID.BETA = 2.0  # weight of L_W
     _C.MODEL.TID.GAMMA = 0.5  # weight of L_O (gamma < alpha, beta)
-    # SFDM denominator: "all" = all locations (L_K + L_W + L_O = FitNet MSE at unit weights; stable),
-    # "area" = a mean inside each area (the literal reading; amplifies tiny key areas and diverged
-    # in the quick benchmark at LOSS_WEIGHT 1).
+    # SFDM denominator: "all" divides each area's summed squared distance by all locations (so
+    # L_K + L_W + L_O is FitNet's MSE at unit weights); "area" by the area's own size (a mean
+    # inside each area, which amplifies small key areas).
     _C.MODEL.TID.NORMALIZE = "all"
-    # lambda: 2.0 beat 1.0 by 2.0 AP over 3 seeds in the benchmark (docs/benchmark.md, 2026-12-01)
-    _C.MODEL.TID.LOSS_WEIGHT = 2.0
-    _C.MODEL.TID.VIS_PERIOD = 0  # >0: the TID hook writes area sheets to TensorBoard this often
+    _C.MODEL.TID.LOSS_WEIGHT = 2.0  # lambda: multiplies alpha L_K + beta L_W + gamma L_O
+    _C.MODEL.TID.VIS_PERIOD = 0  # >0: TID puts its area sheet into TensorBoard ("tid/areas") this often
     return cfg

@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from tid_d2.benchmark.cost import _Bench, fixed_batch  # noqa: E402
-from tid_d2.tools_common import setup_cfg  # noqa: E402
+from tid_d2.engine.defaults import setup_cfg  # noqa: E402
 
 ARCHS = ("FCOS", "GFL", "ATSS")
 

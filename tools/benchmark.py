@@ -227,7 +227,7 @@ def _command(argv) -> str:
 
 
 def _config_iters(arch: str, role: str) -> int:
-    from tid_d2.tools_common import setup_cfg
+    from tid_d2.engine.defaults import setup_cfg
 
     return setup_cfg(config_file(arch, role)).SOLVER.MAX_ITER
 

@@ -25,7 +25,7 @@ from detectron2.data import transforms as T
 from detectron2.utils.env import seed_all_rng
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
-from tid_d2.tools_common import build_eval_model, setup_cfg
+from tid_d2.engine.defaults import add_config_opts, build_eval_model, config_opts, setup_cfg
 from tid_d2.visualization import load_image
 
 logger = logging.getLogger("demo")
@@ -44,9 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="draw detections scoring at least this (default: 0.3)",
     )
     p.add_argument("--scale", type=float, default=1.0, help="drawing scale (default: 1.0)")
-    p.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE"
-    )
+    add_config_opts(p)
     return p.parse_args(argv)
 
 
@@ -66,7 +64,7 @@ def main(argv=None) -> Dict[str, int]:
         raise ValueError(
             f"--confidence-threshold must be in [0, 1], got {args.confidence_threshold}"
         )
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, config_opts(args))
     images = {path: load_image(path, cfg.INPUT.FORMAT) for path in args.input}
     seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)  # reproducible fresh weights
     model = build_eval_model(cfg, args.weights)

@@ -22,12 +22,8 @@ from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.file_io import PathManager  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
-from tid_d2.tools_common import (  # noqa: E402
-    load_weights_strict,
-    setup_cfg,
-    student_cfg,
-    student_state_dict,
-)
+from tid_d2.checkpoint import load_weights, student_state_dict  # noqa: E402
+from tid_d2.engine.defaults import setup_cfg, student_cfg  # noqa: E402
 
 logger = logging.getLogger("tid_d2.export_student")
 
@@ -42,7 +38,7 @@ def export_student(cfg, weights: str, output: str) -> Dict[str, torch.Tensor]:
     scfg.defrost()
     scfg.MODEL.DEVICE = "cpu"
     model = build_model(scfg)
-    load_weights_strict(model, weights, transform=student_state_dict)
+    load_weights(model, weights, key="--weights", transform=student_state_dict)
     state = model.state_dict()
     out_dir = os.path.dirname(output)
     if out_dir:

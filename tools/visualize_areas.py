@@ -37,7 +37,8 @@ from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 
 from tid_d2.distill.tid import TID
-from tid_d2.tools_common import load_weights_strict, setup_cfg
+from tid_d2.checkpoint import load_weights
+from tid_d2.engine.defaults import add_config_opts, config_opts, setup_cfg
 from tid_d2.visualization import area_fractions, area_sheet, areas_for_image, load_image
 
 logger = logging.getLogger("visualize_areas")
@@ -51,9 +52,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--output", required=True, help="output directory")
     p.add_argument("--gt-json", default="", help="COCO json with the images' GT boxes")
     p.add_argument("--dpi", type=int, default=100, help="resolution of the PNGs (default: 100)")
-    p.add_argument(
-        "--opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE"
-    )
+    add_config_opts(p)
     return p.parse_args(argv)
 
 
@@ -68,11 +67,10 @@ def build_models(cfg, weights: str) -> Tuple[torch.nn.Module, TID]:
     model = build_model(cfg)
     model.eval()
     if weights:
-        load_weights_strict(model.student, weights, key="--weights")
+        load_weights(model.student, weights, key="--weights")
     tid = model.distillers["tid"] if "tid" in model.distillers else None
     if tid is None:
-        channels = lambda m: m.backbone.output_shape()[m.head_in_features[0]].channels  # noqa: E731
-        tid = TID(cfg, channels(model.teacher), channels(model.student)).to(model.device)
+        tid = TID(cfg, model.teacher.feature_channels, model.student.feature_channels).to(model.device)
     return model, tid.eval()
 
 
@@ -136,7 +134,7 @@ def compute_areas(model, tid: TID, inputs: Dict) -> Dict[str, Dict[str, torch.Te
     """`TID.areas` of one mapped image: {level: {map: [1, Hl, Wl]}}."""
     targets = model.student.gt_instances([inputs])
     student_out = model.student.dense_outputs([inputs], targets)
-    teacher_out = model.teacher.dense_outputs([inputs], targets)
+    teacher_out = model.teacher.dense_outputs(model.teacher_inputs([inputs]), targets)
     return tid.areas(teacher_out, student_out, targets)
 
 
@@ -188,7 +186,7 @@ def visualize_image(path, image, record, source, model, tid, mapper, args, stem)
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     images = {path: load_image(path, "RGB") for path in args.input}  # fail early, naming the file
-    cfg = setup_cfg(args.config_file, args.opts)
+    cfg = setup_cfg(args.config_file, config_opts(args))
     seed_all_rng(cfg.SEED if cfg.SEED >= 0 else None)  # reproducible fresh weights
     model, tid = build_models(cfg, args.weights)
     gt = GroundTruth(cfg, args.gt_json)

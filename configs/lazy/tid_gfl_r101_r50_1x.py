@@ -5,14 +5,12 @@ model.teacher.weights at it.
     python projects/TID/lazy_train_net.py --config-file configs/lazy/tid_gfl_r101_r50_1x.py --num-gpus 8 \
         model.teacher.weights=output/GFL-R101-2x-ms/model_final.pth
 """
-from .common.models.teacher_student import tid_teacher_student
+from .common.models.teacher_student import teacher_student
 from .gfl_r101_2x_ms import model as teacher
 from .gfl_r50_1x import dataloader, lr_multiplier, optimizer, train
 from .gfl_r50_1x import model as student
 
-model = tid_teacher_student(
-    student, teacher, "output/GFL-R101-2x-ms/model_final.pth", student_channels=256, teacher_channels=256
-)
+model = teacher_student(student, teacher, "output/GFL-R101-2x-ms/model_final.pth", methods=["TID"], warmup_iters=0)
 train.output_dir = "output/TID-GFL-R101-R50-1x"
-# MODEL.DISTILL.WARMUP_ITERS and TEST.EVAL_TEACHER; train.init_checkpoint goes into the student
-train.distill = dict(warmup_iters=0, eval_teacher=False)
+# train.init_checkpoint goes into the student
+train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER

@@ -14,7 +14,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
 
 from tid_d2.engine import TIDTrainer  # noqa: E402
-from tid_d2.tools_common import build_eval_model, setup_cfg  # noqa: E402
+from tid_d2.engine.defaults import build_eval_model, setup_cfg  # noqa: E402
 
 
 def main(args):

@@ -16,7 +16,7 @@ from detectron2.utils.env import seed_all_rng
 
 from ..data.shapes import DEFAULT_SIDES, register_shapes, shapes_paths, variant_dirname
 from ..distill.base import DISTILLER_REGISTRY
-from ..tools_common import setup_cfg
+from ..engine.defaults import setup_cfg
 from .report import METRICS
 
 __all__ = [
@@ -42,7 +42,7 @@ __all__ = [
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCHS = ("GFL", "ATSS")
 DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld")
-#: `--ablations standard`: one TID switch at a time (see ../shared/TID_METHOD.md, "Ablations").
+#: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
 STANDARD_ABLATIONS = (
     "tasks=cls", "tasks=reg", "thresholds=fixed", "ldam=off", "soft=on",
     "alpha=0.5", "beta=0.5", "gamma=0", "gamma=0.5",

@@ -59,7 +59,7 @@ CUDA_MEMORY_MEASURE = (
     "cuda: own state + batch + the largest rise of torch.cuda.max_memory_allocated during a timed step"
 )
 # DenseOutputs fields through which a distiller's gradient reaches the student
-_GRAD_FIELDS = ("features", "cls_logits", "boxes", "box_logits", "centerness_logits")
+_GRAD_FIELDS = ("features", "cls_logits", "boxes", "box_logits")
 
 
 def fixed_batch(

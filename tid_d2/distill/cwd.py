@@ -1,5 +1,5 @@
 """CWD (Shu et al., ICCV 2021): channel-wise distillation of FPN features."""
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,10 +7,10 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
-from ..modeling.outputs import DenseOutputs
+from ..structures import DenseOutputs
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller
-from .fitnet import feature_pairs
+from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .helpers import feature_pairs
 
 __all__ = ["CWD", "channel_wise_kl"]
 
@@ -38,14 +38,15 @@ class CWD(Distiller):
     name = "cwd"
 
     @configurable
-    def __init__(self, *, adapter: nn.Module, tau: float, loss_weight: float):
+    def __init__(self, *, adapter: nn.Module, tau: float, loss_weight: float, **base):
         """
         Args:
             adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
             tau: softmax temperature.
             loss_weight: weight of each level's loss.
+            base: the `Distiller` arguments.
         """
-        super().__init__()
+        super().__init__(**base)
         if tau <= 0:
             raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {tau}")
         self.adapter = adapter
@@ -58,12 +59,12 @@ class CWD(Distiller):
             "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
             "tau": cfg.MODEL.DISTILL.CWD.TAU,
             "loss_weight": cfg.MODEL.DISTILL.CWD.LOSS_WEIGHT,
+            **distiller_base_config(cfg),
         }
 
-    def forward(
+    def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
-    ) -> Dict[str, Tensor]:
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         pairs = feature_pairs(teacher, student, self.adapter, "CWD")
         per_level = torch.stack([channel_wise_kl(s, t, self.tau) for t, s in pairs])
-        self.diagnostics = {"cwd_per_level": per_level.detach()}
-        return {"loss_cwd": per_level.sum() * self.loss_weight * self.loss_scale}
+        return {"": per_level.sum() * self.loss_weight}, {"cwd_per_level": per_level}

@@ -1,5 +1,5 @@
 """FGD (Yang et al., CVPR 2022): focal and global knowledge distillation of FPN features."""
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,10 +7,10 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
-from ..modeling.outputs import DenseOutputs
+from ..structures import DenseOutputs
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller
-from .fitnet import feature_pairs
+from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .helpers import feature_pairs
 
 __all__ = ["FGD", "GlobalContext", "attention_maps", "box_masks", "num_fpn_levels"]
 
@@ -141,6 +141,7 @@ class FGD(Distiller):
         beta: float,
         gamma: float,
         lambda_: float,
+        **base,
     ):
         """
         Args:
@@ -148,8 +149,9 @@ class FGD(Distiller):
             student_context, teacher_context: per level, a `GlobalContext` on Ct channels.
             temperature: attention temperature.
             alpha, beta, gamma, lambda_: weights of the fg, bg, attention and relation losses.
+            base: the `Distiller` arguments.
         """
-        super().__init__()
+        super().__init__(**base)
         if not len(adapters) == len(student_context) == len(teacher_context):
             raise ValueError("FGD needs one adapter and two context modules per level")
         if temperature <= 0:
@@ -176,11 +178,12 @@ class FGD(Distiller):
             "beta": c.BETA,
             "gamma": c.GAMMA,
             "lambda_": c.LAMBDA,
+            **distiller_base_config(cfg),
         }
 
-    def forward(
+    def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
-    ) -> Dict[str, Tensor]:
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         if student.num_levels != len(self.adapters):
             raise ValueError(
                 f"FGD was built for {len(self.adapters)} FPN levels (MODEL.DISTILL.FGD.NUM_LEVELS) "
@@ -209,7 +212,6 @@ class FGD(Distiller):
         losses, diagnostics = {}, {}
         for k, values in terms.items():
             per_level = torch.stack(values) * self.weights[k]
-            diagnostics[f"{k}_per_level"] = per_level.detach()
-            losses[f"loss_fgd_{k}"] = per_level.sum() * self.loss_scale
-        self.diagnostics = diagnostics
-        return losses
+            diagnostics[f"{k}_per_level"] = per_level
+            losses[k] = per_level.sum()
+        return losses, diagnostics

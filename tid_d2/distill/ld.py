@@ -1,6 +1,6 @@
 """LD (Zheng et al., CVPR 2022): localization distillation of GFL box-side distributions."""
 import logging
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -9,10 +9,11 @@ from detectron2.structures import Instances
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from ..modeling.outputs import DenseOutputs
-from .base import DISTILLER_REGISTRY, Distiller
+from ..structures import DenseOutputs, batched_iou
+from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .helpers import pad_targets
 
-__all__ = ["LD", "side_kl", "padded_gt_boxes", "batched_iou_diou"]
+__all__ = ["LD", "batched_diou", "side_kl"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,35 +33,12 @@ def side_kl(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tenso
     return (log_p_t.exp() * (log_p_t - log_p_s)).mean(dim=-1) * tau**2
 
 
-def padded_gt_boxes(targets: List[Instances], device):
-    """GT boxes of all images padded to the largest count: boxes [N, M, 4] and valid [N, M]."""
-    boxes = pad_sequence(
-        [t.gt_boxes.tensor.to(device=device, dtype=torch.float32) for t in targets],
-        batch_first=True,
-    )
-    counts = torch.tensor([len(t) for t in targets], device=device)
-    valid = torch.arange(boxes.shape[1], device=device)[None] < counts[:, None]
-    return boxes, valid
-
-
-def batched_iou_diou(a: Tensor, b: Tensor):
-    """
-    IoU and DIoU between every box of a [N, A, 4] and of b [N, M, 4] (XYXY), image by image.
-
-    Returns:
-        iou, diou: [N, A, M] each.
-    """
+def batched_diou(a: Tensor, b: Tensor, iou: Tensor) -> Tensor:
+    """DIoU [N, A, M] of boxes a [N, A, 4] and b [N, M, 4] (XYXY) from their IoU [N, A, M]."""
     a, b = a[:, :, None], b[:, None]
-    lt = torch.maximum(a[..., :2], b[..., :2])
-    rb = torch.minimum(a[..., 2:], b[..., 2:])
-    inter = (rb - lt).clamp(min=0).prod(-1)
-    area_a = (a[..., 2:] - a[..., :2]).clamp(min=0).prod(-1)
-    area_b = (b[..., 2:] - b[..., :2]).clamp(min=0).prod(-1)
-    iou = inter / (area_a + area_b - inter).clamp(min=1e-6)
     center_dist = (((a[..., :2] + a[..., 2:]) - (b[..., :2] + b[..., 2:])) / 2).pow(2).sum(-1)
     hull = torch.maximum(a[..., 2:], b[..., 2:]) - torch.minimum(a[..., :2], b[..., :2])
-    diou = iou - center_dist / hull.pow(2).sum(-1).clamp(min=1e-6)
-    return iou, diou
+    return iou - center_dist / hull.pow(2).sum(-1).clamp(min=1e-6)
 
 
 @DISTILLER_REGISTRY.register()
@@ -94,6 +72,7 @@ class LD(Distiller):
         vlr_weight: float,
         vlr_alpha: float,
         main_iou_thresh: float,
+        **base,
     ):
         """
         Args:
@@ -102,8 +81,9 @@ class LD(Distiller):
             vlr_alpha: the VLR's lower DIoU bound as a fraction of the positive threshold.
             main_iou_thresh: teacher-box IoU that makes the main region when the student hands
                 no `pos_mask`.
+            base: the `Distiller` arguments.
         """
-        super().__init__()
+        super().__init__(**base)
         if tau <= 0:
             raise ValueError(f"MODEL.DISTILL.LD.TAU must be > 0, got {tau}")
         self.tau = tau
@@ -122,17 +102,18 @@ class LD(Distiller):
             "vlr_weight": c.VLR_WEIGHT,
             "vlr_alpha": c.VLR_ALPHA,
             "main_iou_thresh": c.MAIN_IOU_THRESH,
+            **distiller_base_config(cfg),
         }
 
-    def forward(
+    def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
-    ) -> Dict[str, Tensor]:
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         self._check(teacher, student)
         s_logits = student.flat("box_logits")  # [N, A, 4 * (reg_max + 1)]
         t_logits = teacher.flat("box_logits").detach()
         kl = side_kl(s_logits, t_logits, self.tau).sum(dim=-1)  # [N, A]
 
-        gt, valid = padded_gt_boxes(targets, s_logits.device)
+        gt, _, valid = pad_targets(targets, s_logits.device)
         main = self._main_region(teacher, student, gt, valid)
         score = student.flat("cls_logits").detach().sigmoid().max(dim=-1).values  # [N, A]
         loss_main = (kl * score * main).sum() / 4.0
@@ -140,15 +121,12 @@ class LD(Distiller):
         vlr = self._vlr_weights(student, gt, valid, main)
         loss_vlr = (kl * vlr).sum() / 16.0
 
-        self.diagnostics = {
-            "num_main": main.sum().detach().float(),
-            "num_vlr": (vlr > 0).sum().detach().float(),
+        diagnostics = {
+            "num_main": main.sum().float(),
+            "num_vlr": (vlr > 0).sum().float(),
             "kl_main_mean": (kl.detach() * main).sum() / main.sum().clamp(min=1),
         }
-        return {
-            "loss_ld": loss_main * self.loss_weight * self.loss_scale,
-            "loss_ld_vlr": loss_vlr * self.vlr_weight * self.loss_scale,
-        }
+        return {"": loss_main * self.loss_weight, "vlr": loss_vlr * self.vlr_weight}, diagnostics
 
     def _check(self, teacher: DenseOutputs, student: DenseOutputs) -> None:
         for who, out in (("teacher", teacher), ("student", student)):
@@ -174,7 +152,7 @@ class LD(Distiller):
             return pos.float()
         if gt.shape[1] == 0:
             return gt.new_zeros(teacher.flat("boxes").shape[:2])
-        iou, _ = batched_iou_diou(teacher.flat("boxes").detach(), gt)
+        iou = batched_iou(teacher.flat("boxes").detach().float(), gt)
         iou = iou.masked_fill(~valid[:, None], 0.0)
         return (iou.max(dim=-1).values >= self.main_iou_thresh).float()
 
@@ -200,7 +178,8 @@ class LD(Distiller):
             )
         thr = pad_sequence([t.to(gt) for t in thresholds], batch_first=True)  # [N, M]
         anchors = torch.cat(student.anchors).to(gt)[None].expand(n, -1, -1)
-        iou, diou = batched_iou_diou(anchors, gt)
+        iou = batched_iou(anchors, gt)
+        diou = batched_diou(anchors, gt, iou)
         thr = thr[:, None]
         inside = (diou >= self.vlr_alpha * thr) & (diou < thr) & valid[:, None]
         weight = iou.masked_fill(~inside, 0.0).max(dim=-1).values

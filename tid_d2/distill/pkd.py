@@ -1,5 +1,5 @@
 """PKD (Cao et al., NeurIPS 2022): feature imitation with the Pearson correlation coefficient."""
-from typing import Dict, List
+from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -7,10 +7,10 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
-from ..modeling.outputs import DenseOutputs
+from ..structures import DenseOutputs
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller
-from .fitnet import feature_pairs
+from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .helpers import feature_pairs
 
 __all__ = ["PKD", "standardize_channels"]
 
@@ -38,13 +38,14 @@ class PKD(Distiller):
     name = "pkd"
 
     @configurable
-    def __init__(self, *, adapter: nn.Module, loss_weight: float):
+    def __init__(self, *, adapter: nn.Module, loss_weight: float, **base):
         """
         Args:
             adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
             loss_weight: weight of each level's loss.
+            base: the `Distiller` arguments.
         """
-        super().__init__()
+        super().__init__(**base)
         self.adapter = adapter
         self.loss_weight = loss_weight
 
@@ -53,14 +54,14 @@ class PKD(Distiller):
         return {
             "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
             "loss_weight": cfg.MODEL.DISTILL.PKD.LOSS_WEIGHT,
+            **distiller_base_config(cfg),
         }
 
-    def forward(
+    def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
-    ) -> Dict[str, Tensor]:
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         pairs = feature_pairs(teacher, student, self.adapter, "PKD", resize_student=True)
         per_level = torch.stack(
             [F.mse_loss(standardize_channels(s), standardize_channels(t)) / 2 for t, s in pairs]
         )
-        self.diagnostics = {"pkd_per_level": per_level.detach()}
-        return {"loss_pkd": per_level.sum() * self.loss_weight * self.loss_scale}
+        return {"": per_level.sum() * self.loss_weight}, {"pkd_per_level": per_level}

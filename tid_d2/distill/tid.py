@@ -2,7 +2,7 @@
 TID (Task Integration Distillation): FPN feature imitation weighted by how well each detector does
 both of its tasks at each location. DIEM scores every location, LDAM splits the locations into
 key / weak / other areas, SFDM imitates the teacher's features with one loss per area.
-The method as this project implements it: ../shared/TID_METHOD.md.
+docs/method.md describes the method as implemented here: every reading and its config key.
 
 All maps are flat over levels: A = sum_l Hl*Wl locations in level order, then row-major inside a
 level (the order of `DenseOutputs.flat`).
@@ -19,21 +19,13 @@ from detectron2.utils.logger import log_first_n
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
-from ..modeling.outputs import DenseOutputs
+from ..structures import DenseOutputs, batched_iou
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller
+from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .helpers import pad_targets
+from .tid_visualization import tid_area_sheet_for_tensorboard
 
-__all__ = [
-    "TID",
-    "TIDDistiller",
-    "batched_iou",
-    "check_compatible",
-    "diem_scores",
-    "ldam_areas",
-    "level_names",
-    "pad_targets",
-    "sfdm_loss",
-]
+__all__ = ["TID", "check_same_batch_layout", "diem_scores", "ldam_areas", "sfdm_loss"]
 
 TASKS = ("both", "cls", "reg")
 THRESHOLD_MODES = ("assigner", "fixed")
@@ -42,27 +34,6 @@ THRESHOLD_MODES = ("assigner", "fixed")
 SCORE_EPS = 1e-6
 #: thr_pos never drops below this: a box that overlaps no GT is never positive.
 _MIN_POS_THRESH = 1e-6
-
-
-def batched_iou(boxes: Tensor, gt_boxes: Tensor) -> Tensor:
-    """
-    IoU of every predicted box with every GT box of the same image.
-
-    Args:
-        boxes: [N, A, 4] XYXY.
-        gt_boxes: [N, M, 4] XYXY.
-
-    Returns:
-        [N, A, M] float32 IoU (0 for degenerate pairs); at most three [N, A, M] buffers at once.
-    """
-    bx1, by1, bx2, by2 = boxes.float().unsqueeze(2).unbind(-1)  # [N, A, 1] each
-    gx1, gy1, gx2, gy2 = gt_boxes.float().unsqueeze(1).unbind(-1)  # [N, 1, M] each
-    inter = torch.min(bx2, gx2).sub_(torch.max(bx1, gx1)).clamp_(min=0)
-    inter.mul_(torch.min(by2, gy2).sub_(torch.max(by1, gy1)).clamp_(min=0))
-    area_b = (bx2 - bx1).clamp(min=0) * (by2 - by1).clamp(min=0)
-    area_g = (gx2 - gx1).clamp(min=0) * (gy2 - gy1).clamp(min=0)
-    union = (area_b + area_g).sub_(inter).clamp_(min=1e-9)
-    return inter.div_(union)
 
 
 @torch.no_grad()
@@ -118,7 +89,8 @@ def diem_scores(
         gt_valid = gt_valid.new_zeros(n, 1)
         thr_pos = thr_pos.new_ones(n, 1)
 
-    iou = batched_iou(boxes, gt_boxes).masked_fill_(~gt_valid[:, None, :], -1.0)
+    iou = batched_iou(boxes.float(), gt_boxes.float(), eps=1e-9)
+    iou = iou.masked_fill_(~gt_valid[:, None, :], -1.0)
     iou_max, k_star = iou.max(dim=2)  # [N, A]
     del iou
     has_gt = gt_valid.any(dim=1, keepdim=True).expand(n, a)
@@ -263,31 +235,7 @@ def sfdm_loss(
     )
 
 
-def level_names(strides: Sequence[int]) -> List[str]:
-    """FPN level names from strides: stride 8 -> "p3"."""
-    return [f"p{int(round(math.log2(s)))}" for s in strides]
-
-
-def pad_targets(targets: List[Instances], device) -> Tuple[Tensor, Tensor, Tensor]:
-    """
-    Pad the GTs of a batch: gt_boxes [N, M, 4] float32, gt_classes [N, M] int64 (-1 padding),
-    gt_valid [N, M] bool, M = the most GTs in one image (0 when the batch has none).
-    """
-    boxes = pad_sequence(
-        [t.gt_boxes.tensor.to(device=device, dtype=torch.float32) for t in targets],
-        batch_first=True,
-    )
-    classes = pad_sequence(
-        [t.gt_classes.to(device=device, dtype=torch.int64) for t in targets],
-        batch_first=True,
-        padding_value=-1,
-    )
-    lengths = torch.tensor([len(t) for t in targets]).to(device, non_blocking=True)
-    valid = torch.arange(boxes.shape[1], device=device)[None] < lengths[:, None]
-    return boxes, classes, valid
-
-
-def check_compatible(teacher: DenseOutputs, student: DenseOutputs, num_images: int) -> None:
+def check_same_batch_layout(teacher: DenseOutputs, student: DenseOutputs, num_images: int) -> None:
     """Raise a ValueError unless teacher and student describe the same batch and level layout."""
     if teacher.num_levels != student.num_levels:
         raise ValueError(
@@ -335,7 +283,7 @@ def check_compatible(teacher: DenseOutputs, student: DenseOutputs, num_images: i
 @DISTILLER_REGISTRY.register()
 class TID(Distiller):
     """
-    Task Integration Distillation. Losses (each times MODEL.TID.LOSS_WEIGHT and `loss_scale`):
+    Task Integration Distillation. Losses (each times MODEL.TID.LOSS_WEIGHT and the warm-up):
     loss_tid_key = alpha * L_K, loss_tid_weak = beta * L_W, loss_tid_other = gamma * L_O.
     Areas and scores are computed without gradient from both models' predictions; the teacher's
     features are detached; the student's pass through one adapter shared by all levels.
@@ -366,9 +314,13 @@ class TID(Distiller):
         gamma: float = 0.5,
         loss_weight: float = 2.0,
         normalize: str = "all",
+        vis_period: int = 0,
+        **base,
     ):
-        """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER."""
-        super().__init__()
+        """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER;
+        vis_period > 0 puts the area sheet of the batch's first image into EventStorage every
+        vis_period iterations (TensorBoard image "tid/areas"); base: the `Distiller` arguments."""
+        super().__init__(**base)
         tasks, threshold_mode = str(tasks).lower(), str(threshold_mode).lower()
         if tasks not in TASKS:
             raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
@@ -420,6 +372,7 @@ class TID(Distiller):
                 f"MODEL.TID.NORMALIZE must be one of {NORMALIZATIONS}, got '{normalize}'"
             )
         self.normalize = normalize
+        self.vis_period = int(vis_period)
 
     @classmethod
     def from_config(cls, cfg, teacher_channels: int, student_channels: int):
@@ -444,6 +397,8 @@ class TID(Distiller):
             "gamma": t.GAMMA,
             "loss_weight": t.LOSS_WEIGHT,
             "normalize": t.NORMALIZE,
+            "vis_period": t.VIS_PERIOD,
+            **distiller_base_config(cfg),
         }
 
     def _pos_thresholds(
@@ -496,7 +451,7 @@ class TID(Distiller):
         (float32) and key, weak, other (bool).
         """
         n = len(targets)
-        check_compatible(teacher, student, n)
+        check_same_batch_layout(teacher, student, n)
         for who, out, want in (
             ("teacher", teacher, self.teacher_channels),
             ("student", student, self.student_channels),
@@ -534,9 +489,9 @@ class TID(Distiller):
         )
         return out
 
-    def forward(
+    def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
-    ) -> Dict[str, Tensor]:
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         s = self.compute_scores(teacher, student, targets)
         feats_t = [f.detach() for f in teacher.features]
         feats_s = [self.adapter(f) for f in student.features]
@@ -550,13 +505,13 @@ class TID(Distiller):
             weak_weight=s["delta"] if self.soft_weights else None,
             normalize=self.normalize,
         )
-        self.diagnostics = self._diagnostics(s, teacher)
-        scale = self.loss_weight * self.loss_scale
-        return {
-            "loss_tid_key": l_key * (scale * self.alpha),
-            "loss_tid_weak": l_weak * (scale * self.beta),
-            "loss_tid_other": l_other * (scale * self.gamma),
+        w = self.loss_weight
+        losses = {
+            "key": l_key * (w * self.alpha),
+            "weak": l_weak * (w * self.beta),
+            "other": l_other * (w * self.gamma),
         }
+        return losses, self._diagnostics(s, teacher)
 
     @torch.no_grad()
     def _diagnostics(self, s: Dict[str, Tensor], outputs: DenseOutputs) -> Dict[str, Tensor]:
@@ -568,7 +523,7 @@ class TID(Distiller):
         stat_names = ("frac_key", "frac_weak", "frac_other", "imp_teacher", "imp_student")
         return {
             f"tid/{lvl}/{stat}": per_level[i, j]
-            for j, lvl in enumerate(level_names(outputs.strides))
+            for j, lvl in enumerate(outputs.level_names)
             for i, stat in enumerate(stat_names)
         }
 
@@ -586,8 +541,23 @@ class TID(Distiller):
         split = {k: v.split(sizes, dim=1) for k, v in s.items()}
         return {
             lvl: {k: v[j].reshape(-1, h, w) for k, v in split.items()}
-            for j, (lvl, (h, w)) in enumerate(zip(level_names(teacher.strides), shapes))
+            for j, (lvl, (h, w)) in enumerate(zip(teacher.level_names, shapes))
         }
 
-
-TIDDistiller = TID
+    def visualize(self, storage, image, input_format, teacher, student, targets) -> None:
+        """Every `vis_period` iterations: the area sheet of the batch's first image ("tid/areas")."""
+        if self.vis_period <= 0 or storage.iter % self.vis_period:
+            return
+        areas = self.areas(teacher, student, targets)
+        sheet = tid_area_sheet_for_tensorboard(
+            image,
+            areas,
+            index=0,
+            input_format=input_format,
+            gt_boxes=targets[0].gt_boxes.tensor,
+            strides=list(student.strides),
+            offset=student.offset,
+            score_max=max(self.score_levels) ** 2,
+            title=f"iter {storage.iter}",
+        )
+        storage.put_image("tid/areas", sheet)

@@ -1,4 +1,15 @@
-from .hooks import TIDHook
-from .trainer import FiniteLossAMPTrainer, FiniteLossSimpleTrainer, TIDTrainer, build_evaluator
+"""Training: the YAML `TIDTrainer` and the LazyConfig functions share `defaults`."""
+from .defaults import build_evaluator, setup_cfg, student_cfg
+from .hooks import TeacherEvalHook
+from .train_loop import FiniteLossAMPTrainer, FiniteLossSimpleTrainer
+from .trainer import TIDTrainer
 
-__all__ = ["FiniteLossAMPTrainer", "FiniteLossSimpleTrainer", "TIDHook", "TIDTrainer", "build_evaluator"]
+__all__ = [
+    "FiniteLossAMPTrainer",
+    "FiniteLossSimpleTrainer",
+    "TIDTrainer",
+    "TeacherEvalHook",
+    "build_evaluator",
+    "setup_cfg",
+    "student_cfg",
+]

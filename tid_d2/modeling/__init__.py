@@ -1,8 +1,9 @@
 """Detectors (registered in Detectron2's META_ARCH_REGISTRY on import) and their building blocks."""
 from . import backbone  # noqa: F401  (registers the backbones)
 from .atss import ATSS
+from .distillable import DistillableDetector
 from .fcos import FCOS
 from .gfl import GFL
-from .outputs import DenseOutputs
+from .retinanet import DistillableRetinaNet
 
-__all__ = ["ATSS", "FCOS", "GFL", "DenseOutputs"]
+__all__ = ["ATSS", "DistillableDetector", "DistillableRetinaNet", "FCOS", "GFL"]

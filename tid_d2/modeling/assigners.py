@@ -10,7 +10,9 @@ import torch
 from detectron2.structures import Boxes
 from torch import Tensor
 
-__all__ = ["atss_assign", "pairwise_iou_eps"]
+from ..structures import batched_iou
+
+__all__ = ["atss_assign"]
 
 
 def _xyxy_tensor(boxes: Union[Tensor, Boxes], name: str) -> Tensor:
@@ -22,31 +24,6 @@ def _xyxy_tensor(boxes: Union[Tensor, Boxes], name: str) -> Tensor:
             f"atss_assign: `{name}` must be an [*, 4] XYXY Tensor or Boxes, got {shape}"
         )
     return boxes
-
-
-def pairwise_iou_eps(boxes1: Tensor, boxes2: Tensor, eps: float = 1e-6) -> Tensor:
-    """
-    IoU of all pairs with the union clamped below at `eps` (mmdetection's `bbox_overlaps` rule).
-
-    Detectron2's `pairwise_iou` gives bit-identical values whenever every union is >= eps (any
-    boxes of pixel scale); it differs only for overlapping boxes whose union is below eps, where it
-    divides by the true union. It also casts to float32, which this function does not.
-
-    Args:
-        boxes1: [N, 4] XYXY.
-        boxes2: [M, 4] XYXY.
-
-    Returns:
-        [N, M] IoUs.
-    """
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])  # [N]
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])  # [M]
-    top_left = torch.max(boxes1[:, None, :2], boxes2[None, :, :2])  # [N, M, 2]
-    bottom_right = torch.min(boxes1[:, None, 2:], boxes2[None, :, 2:])  # [N, M, 2]
-    wh = (bottom_right - top_left).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]  # [N, M]
-    union = area1[:, None] + area2[None, :] - inter
-    return inter / union.clamp(min=eps)
 
 
 @torch.no_grad()
@@ -90,7 +67,7 @@ def atss_assign(
     if num_anchors == 0:
         return matched, anchors.new_full((num_gts,), float("nan"))
 
-    ious = pairwise_iou_eps(anchors, gt_boxes)  # [A, M]
+    ious = batched_iou(anchors, gt_boxes)  # [A, M], union floor 1e-6 as mmdetection
     anchor_centers = (anchors[:, :2] + anchors[:, 2:]) / 2.0  # [A, 2]
     gt_centers = (gt_boxes[:, :2] + gt_boxes[:, 2:]) / 2.0  # [M, 2]
     distances = (

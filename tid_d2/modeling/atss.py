@@ -6,11 +6,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransform, Box2BoxTransformLinear
 
-from .dense_base import AnchorPointDetector, reduce_mean
-from .heads import DenseTowerHead
+from .dense_base import AnchorPointDetector, anchor_point_config, reduce_mean
 from .losses import giou_loss_weighted, sigmoid_focal_loss
 
 __all__ = ["ATSS", "centerness_target"]
@@ -41,40 +40,19 @@ class ATSS(AnchorPointDetector):
     def __init__(
         self,
         *,
-        backbone,
-        head,
-        head_in_features=None,
-        num_classes: int,
-        anchor_scale: float = 8.0,
-        atss_topk: int = 9,
         focal_loss_alpha: float = 0.25,
         focal_loss_gamma: float = 2.0,
         loss_box_weight: float = 2.0,
         loss_centerness_weight: float = 1.0,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pixel_mean,
-        pixel_std,
-        input_format: str = "BGR",
+        **kwargs,
     ):
-        super().__init__(
-            backbone,
-            head,
-            head_in_features,
-            num_classes=num_classes,
-            box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)),
-            anchor_scale=anchor_scale,
-            atss_topk=atss_topk,
-            test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates,
-            test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            input_format=input_format,
-        )
+        """
+        Args:
+            focal_loss_alpha, focal_loss_gamma: the classification focal loss.
+            loss_box_weight, loss_centerness_weight: weights of GIoU and the centerness BCE.
+            kwargs: the `AnchorPointDetector` arguments.
+        """
+        super().__init__(box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)), **kwargs)
         self.focal_loss_alpha = focal_loss_alpha
         self.focal_loss_gamma = focal_loss_gamma
         self.loss_box_weight = loss_box_weight
@@ -82,30 +60,13 @@ class ATSS(AnchorPointDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
         c = cfg.MODEL.ATSS
-        shapes = backbone.output_shape()
-        head = DenseTowerHead(
-            cfg, [shapes[f] for f in c.IN_FEATURES], node_name="ATSS", reg_channels=4, with_centerness=True
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": c.IN_FEATURES,
-            "num_classes": c.NUM_CLASSES,
-            "anchor_scale": c.ANCHOR_SCALE,
-            "atss_topk": c.ATSS_TOPK,
+            **anchor_point_config(cfg, "ATSS", reg_channels=4, with_centerness=True),
             "focal_loss_alpha": c.FOCAL_LOSS_ALPHA,
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
             "loss_box_weight": c.LOSS_BOX_WEIGHT,
             "loss_centerness_weight": c.LOSS_CENTERNESS_WEIGHT,
-            "test_score_thresh": c.SCORE_THRESH_TEST,
-            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": c.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "input_format": cfg.INPUT.FORMAT,
         }
 
     def pred_dims(self):

@@ -1,22 +1,25 @@
 """`AnchorPointDetector`: what GFL and ATSS share (one square anchor per location, ATSS assignment,
 DenseOutputs for distillers, Detectron2's per-level decoding and NMS for inference)."""
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
-from torch import Tensor, nn
+from torch import Tensor
 
 from detectron2.layers import batched_nms, cat
+from detectron2.modeling import build_backbone
 from detectron2.modeling.anchor_generator import DefaultAnchorGenerator
 from detectron2.modeling.meta_arch.dense_detector import DenseDetector
 from detectron2.structures import Boxes, ImageList, Instances
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 
+from ..structures import DenseOutputs
 from .assigners import atss_assign
-from .outputs import DenseOutputs
+from .distillable import DistillableDetector, decode_level_boxes
+from .heads import DenseTowerHead
 
-__all__ = ["DistillableMixin", "AnchorPointDetector", "reduce_mean", "level_names"]
+__all__ = ["AnchorPointDetector", "anchor_point_config", "reduce_mean"]
 
 
 def reduce_mean(x: Tensor) -> Tensor:
@@ -28,29 +31,42 @@ def reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
-def level_names(strides: List[int]) -> List[str]:
-    """FPN level names from strides, e.g. [8, 16] -> ["p3", "p4"]."""
-    return [f"p{int(s).bit_length() - 1}" for s in strides]
+def anchor_point_config(cfg, node_name: str, reg_channels: int, with_centerness: bool) -> Dict:
+    """The `AnchorPointDetector` arguments of a yacs config whose detector keys are MODEL.<node_name>
+    (backbone, DenseTowerHead, anchors, assignment, inference and input normalization)."""
+    backbone = build_backbone(cfg)
+    c = getattr(cfg.MODEL, node_name)
+    shapes = backbone.output_shape()
+    missing = [f for f in c.IN_FEATURES if f not in shapes]
+    if missing:
+        raise ValueError(
+            f"MODEL.{node_name}.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}"
+        )
+    head = DenseTowerHead(
+        cfg,
+        [shapes[f] for f in c.IN_FEATURES],
+        node_name=node_name,
+        reg_channels=reg_channels,
+        with_centerness=with_centerness,
+    )
+    return {
+        "backbone": backbone,
+        "head": head,
+        "head_in_features": c.IN_FEATURES,
+        "num_classes": c.NUM_CLASSES,
+        "anchor_scale": c.ANCHOR_SCALE,
+        "atss_topk": c.ATSS_TOPK,
+        "test_score_thresh": c.SCORE_THRESH_TEST,
+        "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
+        "test_nms_thresh": c.NMS_THRESH_TEST,
+        "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+        "pixel_std": cfg.MODEL.PIXEL_STD,
+        "input_format": cfg.INPUT.FORMAT,
+    }
 
 
-class DistillableMixin:
-    """What a DenseDetector needs to hand `DenseOutputs` to distillers: `extract`, `gt_instances`,
-    `forward_distill` (student: losses + outputs) and `dense_outputs` (teacher: outputs only)."""
-
-    def extract(self, batched_inputs) -> Tuple[ImageList, List[Tensor], List[List[Tensor]]]:
-        """Normalize and batch images, run backbone and head: (images, features, raw predictions)."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        features = [features[f] for f in self.head_in_features]
-        return images, features, self.head(features)
-
-    def gt_instances(self, batched_inputs) -> List[Instances]:
-        if "instances" not in batched_inputs[0]:
-            raise ValueError("Training needs 'instances' in every input dict (ground-truth boxes).")
-        return [x["instances"].to(self.device) for x in batched_inputs]
-
-
-class AnchorPointDetector(DistillableMixin, DenseDetector):
+class AnchorPointDetector(DistillableDetector, DenseDetector):
     """
     Base of dense detectors with one square anchor of `anchor_scale * stride` per location, labelled by
     `atss_assign`. Subclasses define the head's outputs (`pred_dims`), how regression outputs become
@@ -59,15 +75,13 @@ class AnchorPointDetector(DistillableMixin, DenseDetector):
 
     #: names of the head outputs, in the order the head returns them
     pred_names: Tuple[str, ...] = ("cls", "reg")
-    #: whether "reg" holds GFL-style box-side distributions (exposed as DenseOutputs.box_logits)
-    has_box_distributions: bool = False
 
     def __init__(
         self,
+        *,
         backbone,
         head,
         head_in_features=None,
-        *,
         num_classes: int,
         box2box_transform,
         anchor_scale: float = 8.0,
@@ -85,11 +99,11 @@ class AnchorPointDetector(DistillableMixin, DenseDetector):
         missing = [f for f in self.head_in_features if f not in shapes]
         if missing:
             raise ValueError(f"head in_features {missing} are not backbone outputs {sorted(shapes)}")
-        self.strides = [shapes[f].stride for f in self.head_in_features]
+        strides = [shapes[f].stride for f in self.head_in_features]
         self.anchor_generator = DefaultAnchorGenerator(
-            sizes=[[anchor_scale * s] for s in self.strides],
+            sizes=[[anchor_scale * s] for s in strides],
             aspect_ratios=[1.0],
-            strides=self.strides,
+            strides=strides,
             offset=0.0,
         )
         self.num_classes = num_classes
@@ -154,56 +168,40 @@ class AnchorPointDetector(DistillableMixin, DenseDetector):
             thresholds.append(thr)
         return torch.stack(labels), torch.stack(boxes), thresholds
 
-    def _train(self, images, features, predictions, gt_instances, with_outputs: bool):
+    def forward_training(self, images, features, predictions, gt_instances):
         anchors = self.anchor_generator(features)
-        preds = self.flatten(predictions)
-        gt_labels, gt_boxes, thresholds = self.label_anchors(anchors, gt_instances)
+        preds = {k: cat(v, dim=1) for k, v in self.flatten(predictions).items()}
+        gt_labels, gt_boxes, _ = self.label_anchors(anchors, gt_instances)
         strides = cat(
             [torch.full((len(a),), float(s), device=self.device) for a, s in zip(anchors, self.strides)]
         )
-        anchors_cat = Boxes.cat(anchors).tensor
-        flat = {k: cat(v, dim=1) for k, v in preds.items()}
-        losses = self.losses(anchors_cat, strides, flat, gt_labels, gt_boxes)
-        if not with_outputs:
-            return losses, None
-        outputs = self._dense_outputs(images, features, anchors, preds, thresholds)
-        outputs.extras["pos_mask"] = gt_labels < self.num_classes
-        return losses, outputs
+        return self.losses(Boxes.cat(anchors).tensor, strides, preds, gt_labels, gt_boxes)
 
-    def forward_training(self, images, features, predictions, gt_instances):
-        return self._train(images, features, predictions, gt_instances, with_outputs=False)[0]
-
-    def forward_distill(self, batched_inputs) -> Tuple[Dict[str, Tensor], DenseOutputs]:
-        """Training forward for a distilled student: (detection losses, DenseOutputs)."""
-        images, features, predictions = self.extract(batched_inputs)
-        return self._train(images, features, predictions, self.gt_instances(batched_inputs), True)
-
-    def dense_outputs(self, batched_inputs, gt_instances: Optional[List[Instances]] = None):
-        """DenseOutputs without losses (a teacher's forward); assigner thresholds need GT."""
-        images, features, predictions = self.extract(batched_inputs)
+    def dense_outputs_from_predictions(
+        self,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        image_sizes: Sequence[Tuple[int, int]],
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> DenseOutputs:
         anchors = self.anchor_generator(features)
-        thresholds = None
+        preds = self.flatten(predictions)
+        thresholds, extras = None, {}
         if gt_instances is not None:
-            thresholds = self.label_anchors(anchors, gt_instances)[2]
-        return self._dense_outputs(images, features, anchors, self.flatten(predictions), thresholds)
-
-    def _dense_outputs(self, images, features, anchors, preds, thresholds) -> DenseOutputs:
-        boxes = []
-        for a, s, reg in zip(anchors, self.strides, preds["reg"]):
-            n, hw, _ = reg.shape
-            deltas = self.level_deltas(reg, s).reshape(n * hw, 4)
-            decoded = self.box2box_transform.apply_deltas(deltas, a.tensor.repeat(n, 1))
-            boxes.append(decoded.reshape(n, hw, 4))
+            gt_labels, _, thresholds = self.label_anchors(anchors, gt_instances)
+            extras["pos_mask"] = gt_labels < self.num_classes
+        deltas = [self.level_deltas(r, s) for r, s in zip(preds["reg"], self.strides)]
         return DenseOutputs(
             features=features,
             cls_logits=preds["cls"],
-            boxes=boxes,
+            boxes=decode_level_boxes(self.box2box_transform, anchors, deltas),
             anchors=[a.tensor for a in anchors],
             strides=list(self.strides),
-            image_sizes=list(images.image_sizes),
+            image_sizes=list(image_sizes),
+            offset=self.anchor_offset,
             pos_thresholds=thresholds,
             box_logits=preds["reg"] if self.has_box_distributions else None,
-            centerness_logits=[c.squeeze(-1) for c in preds["ctr"]] if "ctr" in preds else None,
+            extras=extras,
         )
 
     def put_num_pos(self, num_pos: float, num_images: int) -> None:

@@ -1,7 +1,8 @@
 """Detectron2's FCOS, made buildable from YAML (MODEL.FCOS.*) and distillable (DenseOutputs)."""
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
+from torch import Tensor
 
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
@@ -9,14 +10,14 @@ from detectron2.modeling.meta_arch.fcos import FCOS as _D2FCOS
 from detectron2.modeling.meta_arch.fcos import FCOSHead
 from detectron2.structures import Instances
 
-from .dense_base import DistillableMixin
-from .outputs import DenseOutputs
+from ..structures import DenseOutputs
+from .distillable import DistillableDetector, decode_level_boxes
 
 __all__ = ["FCOS"]
 
 
 @META_ARCH_REGISTRY.register()
-class FCOS(DistillableMixin, _D2FCOS):
+class FCOS(DistillableDetector, _D2FCOS):
     """Detectron2's FCOS with a `from_config`; its positive criterion (centre sampling + scale
     ranges) is not IoU based, so `DenseOutputs.pos_thresholds` is None (TID falls back to fixed)."""
 
@@ -53,40 +54,26 @@ class FCOS(DistillableMixin, _D2FCOS):
             "pixel_std": cfg.MODEL.PIXEL_STD,
         }
 
-    @property
-    def strides(self) -> List[int]:
-        shapes = self.backbone.output_shape()
-        return [shapes[f].stride for f in self.head_in_features]
-
-    def forward_distill(self, batched_inputs):
-        images, features, predictions = self.extract(batched_inputs)
-        gt = self.gt_instances(batched_inputs)
-        logits, deltas, ctr = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
+    def dense_outputs_from_predictions(
+        self,
+        features: List[Tensor],
+        predictions: List[List[Tensor]],
+        image_sizes: Sequence[Tuple[int, int]],
+        gt_instances: Optional[List[Instances]] = None,
+    ) -> DenseOutputs:
+        logits, deltas, _ = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
         anchors = self.anchor_generator(features)
-        gt_labels, gt_boxes = self.label_anchors(anchors, gt)
-        losses = self.losses(anchors, logits, gt_labels, deltas, gt_boxes, ctr)
-        outputs = self._dense_outputs(images, features, anchors, logits, deltas, ctr)
-        outputs.extras["pos_mask"] = torch.stack(gt_labels) < self.num_classes
-        return losses, outputs
-
-    def dense_outputs(self, batched_inputs, gt_instances: Optional[List[Instances]] = None):
-        images, features, predictions = self.extract(batched_inputs)
-        logits, deltas, ctr = self._transpose_dense_predictions(predictions, [self.num_classes, 4, 1])
-        anchors = self.anchor_generator(features)
-        return self._dense_outputs(images, features, anchors, logits, deltas, ctr)
-
-    def _dense_outputs(self, images, features, anchors, logits, deltas, ctr) -> DenseOutputs:
-        boxes = []
-        for a, d in zip(anchors, deltas):
-            n, hw, _ = d.shape
-            decoded = self.box2box_transform.apply_deltas(d.reshape(n * hw, 4), a.tensor.repeat(n, 1))
-            boxes.append(decoded.reshape(n, hw, 4))
+        extras = {}
+        if gt_instances is not None:
+            gt_labels, _ = self.label_anchors(anchors, gt_instances)
+            extras["pos_mask"] = torch.stack(gt_labels) < self.num_classes
         return DenseOutputs(
             features=features,
             cls_logits=logits,
-            boxes=boxes,
+            boxes=decode_level_boxes(self.box2box_transform, anchors, deltas),
             anchors=[a.tensor for a in anchors],
             strides=self.strides,
-            image_sizes=list(images.image_sizes),
-            centerness_logits=[c.squeeze(-1) for c in ctr],
+            image_sizes=list(image_sizes),
+            offset=self.anchor_offset,
+            extras=extras,
         )

@@ -6,13 +6,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from detectron2.config import configurable
-from detectron2.modeling import META_ARCH_REGISTRY, build_backbone
+from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.modeling.box_regression import Box2BoxTransformLinear
 from detectron2.structures import Boxes
 from detectron2.structures.boxes import matched_pairwise_iou
 
-from .dense_base import AnchorPointDetector, reduce_mean
-from .heads import DenseTowerHead
+from .dense_base import AnchorPointDetector, anchor_point_config, reduce_mean
 from .losses import distribution_focal_loss, giou_loss_weighted, quality_focal_loss
 
 __all__ = ["GFL", "integral_decode"]
@@ -39,42 +38,23 @@ class GFL(AnchorPointDetector):
     def __init__(
         self,
         *,
-        backbone,
-        head,
-        head_in_features=None,
-        num_classes: int,
         reg_max: int = 16,
-        anchor_scale: float = 8.0,
-        atss_topk: int = 9,
         qfl_beta: float = 2.0,
         loss_cls_weight: float = 1.0,
         loss_dfl_weight: float = 0.25,
         loss_box_weight: float = 2.0,
-        test_score_thresh: float = 0.05,
-        test_topk_candidates: int = 1000,
-        test_nms_thresh: float = 0.6,
-        max_detections_per_image: int = 100,
-        pixel_mean,
-        pixel_std,
-        input_format: str = "BGR",
+        **kwargs,
     ):
-        super().__init__(
-            backbone,
-            head,
-            head_in_features,
-            num_classes=num_classes,
-            box2box_transform=Box2BoxTransformLinear(normalize_by_size=False),
-            anchor_scale=anchor_scale,
-            atss_topk=atss_topk,
-            test_score_thresh=test_score_thresh,
-            test_topk_candidates=test_topk_candidates,
-            test_nms_thresh=test_nms_thresh,
-            max_detections_per_image=max_detections_per_image,
-            pixel_mean=pixel_mean,
-            pixel_std=pixel_std,
-            input_format=input_format,
-        )
+        """
+        Args:
+            reg_max: each box side is a distribution over 0..reg_max strides.
+            qfl_beta: Quality Focal Loss's focusing exponent.
+            loss_cls_weight, loss_dfl_weight, loss_box_weight: weights of QFL, DFL and GIoU.
+            kwargs: the `AnchorPointDetector` arguments.
+        """
+        super().__init__(box2box_transform=Box2BoxTransformLinear(normalize_by_size=False), **kwargs)
         self.reg_max = reg_max
+        head = kwargs["head"]
         reg_channels = getattr(getattr(head, "bbox_pred", None), "out_channels", 4 * (reg_max + 1))
         if reg_channels != 4 * (reg_max + 1):
             raise ValueError(
@@ -88,35 +68,14 @@ class GFL(AnchorPointDetector):
 
     @classmethod
     def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
         c = cfg.MODEL.GFL
-        shapes = backbone.output_shape()
-        head = DenseTowerHead(
-            cfg,
-            [shapes[f] for f in c.IN_FEATURES],
-            node_name="GFL",
-            reg_channels=4 * (c.REG_MAX + 1),
-            with_centerness=False,
-        )
         return {
-            "backbone": backbone,
-            "head": head,
-            "head_in_features": c.IN_FEATURES,
-            "num_classes": c.NUM_CLASSES,
+            **anchor_point_config(cfg, "GFL", reg_channels=4 * (c.REG_MAX + 1), with_centerness=False),
             "reg_max": c.REG_MAX,
-            "anchor_scale": c.ANCHOR_SCALE,
-            "atss_topk": c.ATSS_TOPK,
             "qfl_beta": c.QFL_BETA,
             "loss_cls_weight": c.LOSS_CLS_WEIGHT,
             "loss_dfl_weight": c.LOSS_DFL_WEIGHT,
             "loss_box_weight": c.LOSS_BOX_WEIGHT,
-            "test_score_thresh": c.SCORE_THRESH_TEST,
-            "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
-            "test_nms_thresh": c.NMS_THRESH_TEST,
-            "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
-            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
-            "pixel_std": cfg.MODEL.PIXEL_STD,
-            "input_format": cfg.INPUT.FORMAT,
         }
 
     def pred_dims(self):

@@ -1,7 +1,7 @@
 """`TeacherStudent`: the meta-architecture that distills a frozen teacher into a trainable student."""
 import logging
 import os
-from typing import Dict, List
+from typing import Callable, Dict, List, Union
 
 import torch
 from torch import nn
@@ -10,8 +10,9 @@ from detectron2.config import configurable, get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.utils.events import get_event_storage
 
+from ..checkpoint import load_weights
+from ..config import add_tid_config
 from ..distill.base import build_distillers
-from .dense_base import level_names
 
 __all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible"]
 
@@ -29,7 +30,6 @@ def _resolve(path: str) -> str:
 
 def build_teacher_cfg(cfg):
     """The teacher's own config: MODEL.TEACHER.CONFIG_FILE + MODEL.TEACHER.OPTS, on this device."""
-    from ..config import add_tid_config
 
     path = cfg.MODEL.TEACHER.CONFIG_FILE
     if not path:
@@ -47,22 +47,22 @@ def build_teacher_cfg(cfg):
 
 
 def load_teacher(teacher: nn.Module, weights: str) -> nn.Module:
-    """
-    Load teacher weights strictly with DetectionCheckpointer: a missing file is a FileNotFoundError,
-    weights whose keys or shapes do not fit the teacher a ValueError naming the file and the first
-    mismatching keys. A TeacherStudent training checkpoint gives its student's weights.
-    """
-    from ..tools_common import load_weights_strict
-
+    """Load teacher weights strictly (see `load_weights`); a TeacherStudent training checkpoint gives
+    its student's weights."""
     if not weights:
         raise ValueError("MODEL.TEACHER.WEIGHTS is empty: a distillation teacher must be trained first.")
-    return load_weights_strict(
-        teacher, weights, key="MODEL.TEACHER.WEIGHTS", source="MODEL.TEACHER.CONFIG_FILE"
-    )
+    return load_weights(teacher, weights, key="MODEL.TEACHER.WEIGHTS", source="MODEL.TEACHER.CONFIG_FILE")
 
 
 def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
-    """Teacher and student must agree on classes and FPN strides (features are compared per level)."""
+    """Teacher and student must be `DistillableDetector`s that agree on classes and FPN strides
+    (features are compared per level)."""
+    for m, who in ((teacher, "teacher"), (student, "student")):
+        if not hasattr(m, "forward_distill"):
+            raise TypeError(
+                f"the {who} {type(m).__name__} is not a DistillableDetector (README: "
+                "'Distilling your own detector')"
+            )
     if teacher.num_classes != student.num_classes:
         raise ValueError(
             f"teacher has {teacher.num_classes} classes but the student has {student.num_classes}: "
@@ -73,9 +73,6 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
             f"teacher FPN strides {list(teacher.strides)} differ from the student's "
             f"{list(student.strides)}: use the same head IN_FEATURES"
         )
-    for m, who in ((teacher, "teacher"), (student, "student")):
-        if not hasattr(m, "forward_distill"):
-            raise TypeError(f"the {who} {type(m).__name__} does not expose DenseOutputs (see README)")
 
 
 @META_ARCH_REGISTRY.register()
@@ -84,7 +81,8 @@ class TeacherStudent(nn.Module):
     Holds a trainable student and a frozen teacher. The teacher is kept out of `parameters()`,
     `state_dict()` and DDP (it is not a registered submodule): it never trains, never enters the
     optimizer and is never written into checkpoints. Training returns the student's detection losses
-    plus every distiller's losses; inference is the student alone.
+    plus every distiller's losses; inference is the student alone. Each model gets the images in its
+    own channel order (INPUT.FORMAT of each) and normalizes them with its own pixel statistics.
     """
 
     @configurable
@@ -93,23 +91,29 @@ class TeacherStudent(nn.Module):
         *,
         student: nn.Module,
         teacher: nn.Module,
-        distillers: nn.ModuleDict,
-        vis_period: int = 0,
+        distillers: Union[nn.ModuleDict, Callable[[int, int], nn.ModuleDict]],
     ):
-        """vis_period > 0: every vis_period iterations, put TID's area sheet of the batch's first
-        image into EventStorage (TensorBoard image "tid/areas")."""
+        """
+        Args:
+            student, teacher: `DistillableDetector`s (checked here, once).
+            distillers: methods by name (`build_distillers`, `distiller_dict`), or a function of
+                (teacher channels, student channels) that builds them (`distillers_builder`).
+        """
         super().__init__()
-        self.vis_period = vis_period
         check_compatible(teacher, student)
+        if not isinstance(distillers, nn.Module):
+            distillers = distillers(teacher.feature_channels, student.feature_channels)
         for name, d in distillers.items():
             if d.needs_box_distributions and not (
-                getattr(teacher, "has_box_distributions", False)
-                and getattr(student, "has_box_distributions", False)
+                teacher.has_box_distributions and student.has_box_distributions
             ):
                 raise ValueError(
                     f"distillation method '{name}' needs GFL box distributions in teacher and student; "
                     f"got {type(teacher).__name__} -> {type(student).__name__}"
                 )
+        formats = {teacher.input_format, student.input_format}
+        if not formats <= {"BGR", "RGB"}:
+            raise ValueError(f"TeacherStudent supports INPUT.FORMAT BGR and RGB, got {sorted(formats)}")
         self.student = student
         self.distillers = distillers
         teacher.eval().requires_grad_(False)
@@ -121,15 +125,12 @@ class TeacherStudent(nn.Module):
         scfg.defrost()
         scfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
         student = build_model(scfg)
-        tcfg = build_teacher_cfg(cfg)
-        teacher = load_teacher(build_model(tcfg), cfg.MODEL.TEACHER.WEIGHTS)
+        teacher = load_teacher(build_model(build_teacher_cfg(cfg)), cfg.MODEL.TEACHER.WEIGHTS)
         check_compatible(teacher, student)
-        channels = lambda m: m.backbone.output_shape()[m.head_in_features[0]].channels  # noqa: E731
         return {
             "student": student,
             "teacher": teacher,
-            "distillers": build_distillers(cfg, channels(teacher), channels(student)),
-            "vis_period": cfg.MODEL.TID.VIS_PERIOD,
+            "distillers": build_distillers(cfg, teacher.feature_channels, student.feature_channels),
         }
 
     @property
@@ -144,10 +145,6 @@ class TeacherStudent(nn.Module):
     def num_classes(self) -> int:
         return self.student.num_classes
 
-    @property
-    def level_names(self) -> List[str]:
-        return level_names(self.student.strides)
-
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
         self._teacher._apply(fn, *args, **kwargs)
@@ -157,6 +154,12 @@ class TeacherStudent(nn.Module):
         super().train(mode)
         self._teacher.eval()
         return self
+
+    def teacher_inputs(self, batched_inputs: List[Dict]) -> List[Dict]:
+        """The batch in the teacher's channel order (the same dicts when the formats agree)."""
+        if self._teacher.input_format == self.student.input_format:
+            return batched_inputs
+        return [dict(x, image=x["image"].flip(0)) for x in batched_inputs]
 
     def forward(self, batched_inputs: List[Dict]):
         """
@@ -170,29 +173,11 @@ class TeacherStudent(nn.Module):
         if self._teacher.training:
             self._teacher.eval()
         with torch.no_grad():
-            teacher_out = self._teacher.dense_outputs(batched_inputs, targets)
+            teacher_out = self._teacher.dense_outputs(self.teacher_inputs(batched_inputs), targets)
         for distiller in self.distillers.values():
             losses.update(distiller(teacher_out, student_out, targets))
-        if self.vis_period > 0 and "tid" in self.distillers:
-            storage = get_event_storage()
-            if storage.iter % self.vis_period == 0:
-                self._put_area_sheet(storage, batched_inputs, teacher_out, student_out, targets)
+        storage = get_event_storage()
+        image, input_format = batched_inputs[0]["image"], self.student.input_format
+        for distiller in self.distillers.values():
+            distiller.visualize(storage, image, input_format, teacher_out, student_out, targets)
         return losses
-
-    def _put_area_sheet(self, storage, batched_inputs, teacher_out, student_out, targets) -> None:
-        from ..visualization import tid_area_sheet_for_tensorboard
-
-        tid = self.distillers["tid"]
-        areas = tid.areas(teacher_out, student_out, targets)
-        sheet = tid_area_sheet_for_tensorboard(
-            batched_inputs[0]["image"],
-            areas,
-            index=0,
-            input_format=getattr(self.student, "input_format", "BGR"),
-            gt_boxes=targets[0].gt_boxes.tensor,
-            strides=list(self.student.strides),
-            offset=self.student.anchor_generator.offset,
-            score_max=max(tid.score_levels) ** 2,
-            title=f"iter {storage.iter}",
-        )
-        storage.put_image("tid/areas", sheet)

@@ -1,6 +1,6 @@
 """Pictures for researchers: TID's key / weak / other areas and importance maps."""
 
-from .areas import (  # noqa: F401
+from ..distill.tid_visualization import (  # noqa: F401
     AREA_ALPHAS,
     AREA_COLORS,
     AREA_NAMES,

@@ -3,13 +3,11 @@ LazyConfig twin of configs/quickstart/TID-GFL.yaml (train the teacher first: gfl
 
     python projects/TID/lazy_train_net.py --config-file configs/lazy/quickstart/tid_gfl.py
 """
-from ..common.models.teacher_student import tid_teacher_student
+from ..common.models.teacher_student import teacher_student
 from .gfl_student import dataloader, lr_multiplier, optimizer, train
 from .gfl_student import model as student
 from .gfl_teacher import model as teacher
 
-model = tid_teacher_student(
-    student, teacher, "output/quickstart/GFL-teacher/model_final.pth", student_channels=32, teacher_channels=64
-)
+model = teacher_student(student, teacher, "output/quickstart/GFL-teacher/model_final.pth", methods=["TID"], warmup_iters=0)
 train.output_dir = "output/quickstart/TID-GFL"
-train.distill = dict(warmup_iters=0, eval_teacher=False)
+train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER

@@ -9,9 +9,9 @@ from detectron2.data import (
     build_detection_train_loader,
     get_detection_dataset_dicts,
 )
-from detectron2.evaluation import COCOEvaluator
 
 from tid_d2.data.checked_loading import FileNamingDatasetMapper  # DatasetMapper, naming unreadable images
+from tid_d2.engine.defaults import build_evaluator  # COCOEvaluator or PascalVOCDetectionEvaluator
 
 dataloader = OmegaConf.create()
 
@@ -41,4 +41,4 @@ dataloader.test = L(build_detection_test_loader)(
     num_workers=4,
 )
 
-dataloader.evaluator = L(COCOEvaluator)(dataset_name="${..test.dataset.names}", tasks=("bbox",))
+dataloader.evaluator = L(build_evaluator)(dataset_name="${..test.dataset.names}")

@@ -1,21 +1,22 @@
-"""TeacherStudent with TID for LazyConfigs: the twin of a YAML config with MODEL.META_ARCHITECTURE
-"TeacherStudent" and MODEL.DISTILL.METHODS ["TID"] (TID's keyword defaults are MODEL.TID's)."""
+"""A generic lazy TeacherStudent, the twin of a YAML config with MODEL.META_ARCHITECTURE
+"TeacherStudent": any list of methods, each starting from its MODEL.DISTILL.* / MODEL.TID.* defaults,
+with the feature channels read from the instantiated models."""
 from detectron2.config import LazyCall as L
 
-from tid_d2.distill import distiller_dict
-from tid_d2.distill.tid import TID
+from tid_d2.distill import distillers_builder
 from tid_d2.modeling.teacher_student import TeacherStudent, load_teacher
 
 
-def tid_teacher_student(student, teacher, teacher_weights: str, student_channels: int, teacher_channels: int):
-    """A lazy TeacherStudent: `student` and `teacher` are lazy detectors; the teacher is loaded
-    strictly from `teacher_weights` when the model is instantiated. Override TID's arguments as
-    `model.distillers.tid.<arg>` (e.g. alpha, tasks, threshold_mode)."""
+def teacher_student(student, teacher, teacher_weights: str, methods=("TID",), **method_args):
+    """
+    A lazy TeacherStudent of the lazy detectors `student` and `teacher`; the teacher is loaded
+    strictly from `teacher_weights` when the model is instantiated. `method_args`: `warmup_iters`
+    and `log_period` (MODEL.DISTILL.WARMUP_ITERS / LOG_PERIOD, all methods) and per-method overrides
+    by lower-case name, e.g. `tid=dict(alpha=1.0, vis_period=100)`; edit them later as
+    `model.distillers.<name>` / `model.distillers.warmup_iters`.
+    """
     return L(TeacherStudent)(
         student=student,
         teacher=L(load_teacher)(teacher=teacher, weights=teacher_weights),
-        distillers=L(distiller_dict)(
-            tid=L(TID)(teacher_channels=teacher_channels, student_channels=student_channels)
-        ),
-        vis_period=0,  # MODEL.TID.VIS_PERIOD
+        distillers=L(distillers_builder)(methods=list(methods), **method_args),
     )

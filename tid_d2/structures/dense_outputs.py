@@ -1,4 +1,5 @@
-"""`DenseOutputs`: the one form in which any FCOS-family detector hands its predictions to a distiller."""
+"""`DenseOutputs`: the one form in which any dense detector hands its per-location predictions to a
+distiller (distillers import this, never a detector)."""
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -23,7 +24,9 @@ class DenseOutputs:
         pos_thresholds: N x [M_i] the detector's own per-GT positive IoU threshold (ATSS: mean + std
             of the candidate IoUs), or None when its positive criterion is not IoU based.
         box_logits: L x [N, Hl*Wl, 4 * (reg_max + 1)] GFL box-side distributions, or None.
-        centerness_logits: L x [N, Hl*Wl] centerness logits (ATSS/FCOS), or None.
+        offset: where a location's centre sits in its stride cell (the anchor generator's offset).
+        extras: detector-specific additions; "pos_mask" [N, sum Hl*Wl] bool marks the detector's
+            own training positives (given when GT was passed).
     """
 
     features: List[Tensor]
@@ -34,7 +37,7 @@ class DenseOutputs:
     image_sizes: List[Tuple[int, int]]
     pos_thresholds: Optional[List[Tensor]] = None
     box_logits: Optional[List[Tensor]] = None
-    centerness_logits: Optional[List[Tensor]] = None
+    offset: float = 0.0
     extras: dict = field(default_factory=dict)
 
     @property
@@ -44,6 +47,11 @@ class DenseOutputs:
     @property
     def num_levels(self) -> int:
         return len(self.features)
+
+    @property
+    def level_names(self) -> List[str]:
+        """FPN level names from strides: stride 8 -> "p3"."""
+        return [f"p{int(s).bit_length() - 1}" for s in self.strides]
 
     @property
     def level_shapes(self) -> List[Tuple[int, int]]:
@@ -64,7 +72,7 @@ class DenseOutputs:
             image_sizes=list(self.image_sizes),
             pos_thresholds=_d(self.pos_thresholds),
             box_logits=_d(self.box_logits),
-            centerness_logits=_d(self.centerness_logits),
+            offset=self.offset,
             extras=dict(self.extras),
         )
 
