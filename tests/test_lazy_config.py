@@ -89,7 +89,7 @@ def test_yaml_and_lazy_build_the_same_quickstart_model(yaml_name, lazy_name):
         for model in (yaml_model, lazy_model):
             model.eval()
             model.test_score_thresh = 0.0  # a fresh model scores below the default threshold
-        outs = [m.extract(inputs)[2] for m in (yaml_model, lazy_model)]
+        outs = [m.head(m.extract_features(m.preprocess_image(inputs))) for m in (yaml_model, lazy_model)]
         for y, l in zip(outs[0], outs[1]):  # every head output of every level
             assert all(torch.equal(a, b) for a, b in zip(y, l))
         dets = [m(inputs) for m in (yaml_model, lazy_model)]
@@ -337,7 +337,10 @@ def test_full_size_lazy_tid_config_pairs_r101_teacher_with_r50_student():
     assert lz.model.student.backbone.bottom_up.stages.depth == 50
     assert lz.model.teacher.weights == "output/GFL-R101-2x-ms/model_final.pth"
     assert lz.train.init_checkpoint.endswith("R-50.pkl")  # loaded into the student
-    tid = lz.model.distillers.tid
+    assert lz.model.distillers.methods == ["TID"]
+    # the channels come from the models: the builder gets the FPN widths of teacher and student
+    channels = lz.model.teacher.teacher.backbone.out_channels, lz.model.student.backbone.out_channels
+    tid = instantiate(lz.model.distillers)(*channels)["tid"]
     assert tid.teacher_channels == lz.model.teacher.teacher.backbone.out_channels == 256
     assert tid.student_channels == lz.model.student.backbone.out_channels == 256
     yaml_cfg = setup_cfg(os.path.join(REPO, "configs", "TID-R50.yaml"))
@@ -352,7 +355,8 @@ def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_
     args = tiny_lazy_args("tid_gfl.py", out, tiny_shapes) + [
         f"model.teacher.weights={teachers['GFL-teacher']}",
         "model.student.test_score_thresh=0.0",
-        "train.distill.warmup_iters=4",
+        "model.distillers.warmup_iters=4",
+        "model.distillers.log_period=1",
     ]
     log = run_script("lazy_train_net.py", args + ["train.max_iter=2", "train.log_period=1"],
                      tiny_shapes, tmp_path)
@@ -378,14 +382,12 @@ def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_
     assert copypaste_numbers(log) == trained
 
 
-def test_lazy_tid_hook_rejects_unknown_distill_keys(teachers):
+def test_lazy_config_rejects_unknown_distill_keys(teachers):
     lazy_train_net = import_lazy_train_net()
     lz = load_lazy("quickstart/tid_gfl.py")
-    lz.model.teacher.weights = teachers["GFL-teacher"]
-    model = instantiate(lz.model)
-    assert lazy_train_net.tid_hook(lz, model).warmup_iters == 0
+    lazy_train_net.check_config(lz, "tid_gfl.py", eval_only=False)
     lz.train.distill.warmup = 5
     with pytest.raises(KeyError, match="train.distill has unknown keys \\['warmup'\\]"):
-        lazy_train_net.tid_hook(lz, model)
+        lazy_train_net.check_config(lz, "tid_gfl.py", eval_only=False)
     plain = load_lazy("quickstart/gfl_student.py")
-    assert lazy_train_net.tid_hook(plain, instantiate(plain.model)) is None
+    lazy_train_net.check_config(plain, "gfl_student.py", eval_only=False)

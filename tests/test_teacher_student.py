@@ -18,8 +18,8 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
 from tid_d2.distill.tid import TID
-from tid_d2.engine import TIDHook, TIDTrainer
-from tid_d2.engine.trainer import check_finite_losses
+from tid_d2.engine import TIDTrainer
+from tid_d2.engine.train_loop import check_finite_losses
 from tid_d2.modeling.teacher_student import TeacherStudent, check_compatible
 from tid_d2.checkpoint import student_state_dict
 from tid_d2.engine.defaults import student_cfg
@@ -215,22 +215,18 @@ def test_warmup_ramps_every_distillers_loss_scale(teachers, tiny_shapes):
     cfg = tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.DISTILL.METHODS", "['TID', 'FITNET']",
                   "MODEL.DISTILL.WARMUP_ITERS", "4")
     model = build(cfg)
-    hook = TIDHook.from_config(cfg)
-    with EventStorage() as storage:
-        hook.trainer = SimpleNamespace(model=model, iter=0, storage=storage, max_iter=10)
+    data = batch(cfg, tiny_shapes[0])
+    with EventStorage() as storage, torch.no_grad():
         for it, want in ((0, 0.25), (1, 0.5), (2, 0.75), (3, 1.0), (7, 1.0)):
-            hook.trainer.iter = it
             storage.iter = it
-            hook.before_step()
+            model(data)
             assert [d.loss_scale for d in model.distillers.values()] == [want, want]
             assert storage.history("distill/weight").latest() == want
 
-    # the scale multiplies the distillation losses, not the detection ones
-    data = batch(cfg, tiny_shapes[0])
-    with torch.no_grad():
+        # the scale multiplies the distillation losses, not the detection ones
+        storage.iter = 7
         full = model(data)
-        for d in model.distillers.values():
-            d.loss_scale = 0.25
+        storage.iter = 0
         quarter = model(data)
     for k in full:
         factor = 0.25 if k.startswith(("loss_tid", "loss_fitnet")) else 1.0
@@ -244,7 +240,8 @@ def tiny_train_cfg(teachers, tmp_path, *opts):
 
 def test_end_to_end_run_logs_losses_diagnostics_and_teacher_eval(teachers, tiny_shapes, tmp_path):
     cfg = tiny_train_cfg(
-        teachers, tmp_path, "MODEL.DISTILL.WARMUP_ITERS", "2", "TEST.EVAL_TEACHER", "True"
+        teachers, tmp_path, "MODEL.DISTILL.WARMUP_ITERS", "2", "TEST.EVAL_TEACHER", "True",
+        "MODEL.DISTILL.LOG_PERIOD", "1",
     )
     seed_all_rng(0)
     trainer = TIDTrainer(cfg)

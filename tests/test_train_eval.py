@@ -91,9 +91,9 @@ def test_checkpoint_round_trip(tiny_shapes, tmp_path):
     fresh.eval()
     inputs = [{"image": x["image"]} for x in batch]
     with torch.no_grad():
-        before = fresh.extract(inputs)[2]
+        before = fresh.head(fresh.extract_features(fresh.preprocess_image(inputs)))
         checkpoint = DetectionCheckpointer(fresh).load(str(tmp_path / "ckpt.pth"))
-        after, reference = fresh.extract(inputs)[2], model.extract(inputs)[2]
+        after, reference = fresh.head(fresh.extract_features(fresh.preprocess_image(inputs))), model.head(model.extract_features(model.preprocess_image(inputs)))
     assert checkpoint["iteration"] == 1
     assert not torch.equal(before[1][0], reference[1][0])
     for a, r in zip(after, reference):

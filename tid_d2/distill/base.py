@@ -15,6 +15,7 @@ __all__ = [
     "DISTILLER_REGISTRY",
     "Distiller",
     "build_distillers",
+    "current_storage",
     "distiller_base_config",
     "distiller_dict",
     "distillers_builder",
@@ -33,7 +34,8 @@ def warmup_factor(it: int, warmup_iters: int) -> float:
     return 1.0 if warmup_iters <= 0 else min(1.0, (it + 1) / warmup_iters)
 
 
-def _current_storage():
+def current_storage():
+    """The EventStorage of the running trainer, or None outside one."""
     try:
         return get_event_storage()
     except AssertionError:  # outside a trainer
@@ -83,7 +85,7 @@ class Distiller(nn.Module):
     @property
     def loss_scale(self) -> float:
         """The warm-up factor of the current iteration."""
-        storage = _current_storage()
+        storage = current_storage()
         return 1.0 if storage is None else warmup_factor(storage.iter, self.warmup_iters)
 
     def forward(
@@ -91,7 +93,7 @@ class Distiller(nn.Module):
     ) -> Dict[str, Tensor]:
         terms, diagnostics = self.losses(teacher, student, targets)
         self.diagnostics = {k: v.detach() if torch.is_tensor(v) else v for k, v in diagnostics.items()}
-        storage = _current_storage()
+        storage = current_storage()
         scale = self.loss_scale
         if storage is not None:
             self._write(storage, scale)

@@ -45,6 +45,8 @@ class DistillableDetector(abc.ABC):
 
     #: whether DenseOutputs.box_logits holds GFL-style box-side distributions
     has_box_distributions: bool = False
+    #: channel order of input images ("BGR" or "RGB"); detectors set it from INPUT.FORMAT
+    input_format: str = "BGR"
 
     @abc.abstractmethod
     def dense_outputs_from_predictions(

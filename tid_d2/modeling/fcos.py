@@ -22,8 +22,9 @@ class FCOS(DistillableDetector, _D2FCOS):
     ranges) is not IoU based, so `DenseOutputs.pos_thresholds` is None (TID falls back to fixed)."""
 
     @configurable
-    def __init__(self, **kwargs):
+    def __init__(self, *, input_format: str = "BGR", **kwargs):
         super().__init__(**kwargs)
+        self.input_format = input_format
 
     @classmethod
     def from_config(cls, cfg):
@@ -52,6 +53,7 @@ class FCOS(DistillableDetector, _D2FCOS):
             "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
+            "input_format": cfg.INPUT.FORMAT,
         }
 
     def dense_outputs_from_predictions(

@@ -8,11 +8,10 @@ from torch import nn
 
 from detectron2.config import configurable, get_cfg
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
-from detectron2.utils.events import get_event_storage
 
 from ..checkpoint import load_weights
 from ..config import add_tid_config
-from ..distill.base import build_distillers
+from ..distill.base import build_distillers, current_storage
 
 __all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible"]
 
@@ -176,8 +175,9 @@ class TeacherStudent(nn.Module):
             teacher_out = self._teacher.dense_outputs(self.teacher_inputs(batched_inputs), targets)
         for distiller in self.distillers.values():
             losses.update(distiller(teacher_out, student_out, targets))
-        storage = get_event_storage()
-        image, input_format = batched_inputs[0]["image"], self.student.input_format
-        for distiller in self.distillers.values():
-            distiller.visualize(storage, image, input_format, teacher_out, student_out, targets)
+        storage = current_storage()
+        if storage is not None:
+            image, input_format = batched_inputs[0]["image"], self.student.input_format
+            for distiller in self.distillers.values():
+                distiller.visualize(storage, image, input_format, teacher_out, student_out, targets)
         return losses
