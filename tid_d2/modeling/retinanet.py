@@ -65,7 +65,7 @@ class DistillableRetinaNet(DistillableDetector, RetinaNet):
         self.num_anchors = self.anchor_generator.num_cell_anchors[0]
         if len(set(self.anchor_generator.num_cell_anchors)) != 1:
             raise ValueError("DistillableRetinaNet needs the same number of anchors on every level")
-        self.square_anchor = square_anchor_index(self.anchor_generator.cell_anchors[0])
+        self.square_anchor = square_anchor_index(next(iter(self.anchor_generator.cell_anchors)))
 
     @classmethod
     def from_config(cls, cfg):
