@@ -1,9 +1,13 @@
-"""`build_adapter`: phi, a 1x1 conv from student to teacher feature channels (for any distiller)."""
+"""`build_adapter`: phi, a 1x1 conv from student to teacher feature channels (for any distiller), and
+`AdaptedFeatureDistiller`, the base of methods on adapted features with one loss weight."""
 
 import torch
+from detectron2.config import configurable
 from torch import nn
 
-__all__ = ["ADAPTER_MODES", "build_adapter"]
+from .base import Distiller, distiller_base_config
+
+__all__ = ["ADAPTER_MODES", "AdaptedFeatureDistiller", "build_adapter"]
 
 #: values of MODEL.DISTILL.ADAPTER
 ADAPTER_MODES = ("auto", "always", "none")
@@ -41,3 +45,28 @@ def build_adapter(cfg_mode: str, student_channels: int, teacher_channels: int) -
             conv.weight.copy_(torch.eye(teacher_channels).view(teacher_channels, -1, 1, 1))
             conv.bias.zero_()
     return conv
+
+
+class AdaptedFeatureDistiller(Distiller):
+    """A method on student features mapped by one adapter (shared by all levels, as the head that reads
+    them is) with one loss weight, MODEL.DISTILL.<NAME>.LOSS_WEIGHT."""
+
+    @configurable
+    def __init__(self, *, adapter: nn.Module, loss_weight: float, **base):
+        """
+        Args:
+            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W].
+            loss_weight: multiplies the method's loss.
+            base: the `Distiller` arguments.
+        """
+        super().__init__(**base)
+        self.adapter = adapter
+        self.loss_weight = loss_weight
+
+    @classmethod
+    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
+        return {
+            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
+            "loss_weight": getattr(cfg.MODEL.DISTILL, cls.name.upper()).LOSS_WEIGHT,
+            **distiller_base_config(cfg),
+        }

@@ -5,11 +5,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import Instances
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..structures import DenseOutputs
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .adapters import AdaptedFeatureDistiller
+from .base import DISTILLER_REGISTRY
 from .helpers import feature_pairs
 
 __all__ = ["CWD", "channel_wise_kl"]
@@ -28,7 +28,7 @@ def channel_wise_kl(student: Tensor, teacher: Tensor, tau: float) -> Tensor:
 
 
 @DISTILLER_REGISTRY.register()
-class CWD(Distiller):
+class CWD(AdaptedFeatureDistiller):
     """
     CWD: on every FPN level, KL divergence between the teacher's and the student's per-channel
     spatial distributions (temperature tau), normalized by N*C, times the loss weight; summed over
@@ -38,29 +38,16 @@ class CWD(Distiller):
     name = "cwd"
 
     @configurable
-    def __init__(self, *, adapter: nn.Module, tau: float, loss_weight: float, **base):
-        """
-        Args:
-            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
-            tau: softmax temperature.
-            loss_weight: weight of each level's loss.
-            base: the `Distiller` arguments.
-        """
-        super().__init__(**base)
+    def __init__(self, *, tau: float, **kwargs):
+        """tau: the softmax temperature; kwargs: the `AdaptedFeatureDistiller` arguments."""
+        super().__init__(**kwargs)
         if tau <= 0:
             raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {tau}")
-        self.adapter = adapter
         self.tau = tau
-        self.loss_weight = loss_weight
 
     @classmethod
     def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        return {
-            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
-            "tau": cfg.MODEL.DISTILL.CWD.TAU,
-            "loss_weight": cfg.MODEL.DISTILL.CWD.LOSS_WEIGHT,
-            **distiller_base_config(cfg),
-        }
+        return {**super().from_config(cfg, teacher_channels, student_channels), "tau": cfg.MODEL.DISTILL.CWD.TAU}
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

@@ -3,20 +3,19 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 from detectron2.structures import Instances
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..structures import DenseOutputs
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .adapters import AdaptedFeatureDistiller
+from .base import DISTILLER_REGISTRY
 from .helpers import feature_pairs
 
 __all__ = ["FITNET"]
 
 
 @DISTILLER_REGISTRY.register()
-class FITNET(Distiller):
+class FITNET(AdaptedFeatureDistiller):
     """
     Feature imitation in the spirit of FitNets (Romero et al., ICLR 2015) as used for detectors:
     the mean squared error between the adapted student and the teacher features, averaged over all
@@ -24,27 +23,6 @@ class FITNET(Distiller):
     """
 
     name = "fitnet"
-
-    @configurable
-    def __init__(self, *, adapter: nn.Module, loss_weight: float, **base):
-        """
-        Args:
-            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W]; shared by all levels,
-                as the detection head that reads them is.
-            loss_weight: multiplies the mean squared error.
-            base: the `Distiller` arguments.
-        """
-        super().__init__(**base)
-        self.adapter = adapter
-        self.loss_weight = loss_weight
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        return {
-            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
-            "loss_weight": cfg.MODEL.DISTILL.FITNET.LOSS_WEIGHT,
-            **distiller_base_config(cfg),
-        }
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

@@ -3,13 +3,12 @@ from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import configurable
 from detectron2.structures import Instances
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..structures import DenseOutputs
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .adapters import AdaptedFeatureDistiller
+from .base import DISTILLER_REGISTRY
 from .helpers import feature_pairs
 
 __all__ = ["PKD", "standardize_channels"]
@@ -27,7 +26,7 @@ def standardize_channels(x: Tensor, eps: float = 1e-6) -> Tensor:
 
 
 @DISTILLER_REGISTRY.register()
-class PKD(Distiller):
+class PKD(AdaptedFeatureDistiller):
     """
     PKD: on every FPN level, MSE between the channel-standardized student and teacher maps,
     divided by 2 (= 1 - Pearson r between the two maps, averaged over channels, up to the
@@ -36,26 +35,6 @@ class PKD(Distiller):
     """
 
     name = "pkd"
-
-    @configurable
-    def __init__(self, *, adapter: nn.Module, loss_weight: float, **base):
-        """
-        Args:
-            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W] (shared by levels).
-            loss_weight: weight of each level's loss.
-            base: the `Distiller` arguments.
-        """
-        super().__init__(**base)
-        self.adapter = adapter
-        self.loss_weight = loss_weight
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        return {
-            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
-            "loss_weight": cfg.MODEL.DISTILL.PKD.LOSS_WEIGHT,
-            **distiller_base_config(cfg),
-        }
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

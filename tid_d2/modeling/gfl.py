@@ -105,7 +105,6 @@ class GFL(AnchorPointDetector):
         pos_target = gt_boxes[pos] / pos_stride
         pos_reg = reg[pos]  # [P, 4(n+1)]
         pos_cls = cls_logits[pos]
-        pos_labels = gt_labels[pos]
 
         transform = self.box2box_transform
         pos_pred_box = transform.apply_deltas(integral_decode(pos_reg, self.reg_max), pos_anchor)
