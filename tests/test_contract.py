@@ -234,3 +234,29 @@ def test_unreadable_checkpoints_name_the_key_and_the_file(bad, teachers, tmp_pat
         load_weights(model, str(path), key="MODEL.TEACHER.WEIGHTS")
     with pytest.raises(ValueError, match=r"MODEL.TEACHER.WEIGHTS"):
         build_model(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", str(path)))
+
+
+def test_teacher_and_student_each_get_their_own_channel_order(teachers, tiny_shapes):
+    """An RGB teacher (e.g. converted from mmdetection) distils into a BGR student and the reverse."""
+    from test_teacher_student import batch
+
+    for teacher_fmt, student_fmt in (("RGB", "BGR"), ("BGR", "RGB")):
+        cfg = quickstart_cfg(
+            "TID-GFL", "MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"], "INPUT.FORMAT", student_fmt,
+            "MODEL.TEACHER.OPTS", f"['INPUT.FORMAT', '{teacher_fmt}']",
+        )
+        model = build_model(cfg).train()
+        assert (model.teacher.input_format, model.student.input_format) == (teacher_fmt, student_fmt)
+        data = batch(cfg, tiny_shapes[0])
+        seen = []
+        original = model.teacher.dense_outputs
+        model.teacher.dense_outputs = lambda inputs, gt: seen.append(inputs) or original(inputs, gt)
+        with EventStorage():
+            losses = model(data)
+        assert all(torch.isfinite(v) for v in losses.values())
+        for x, t in zip(data, seen[0]):
+            assert torch.equal(t["image"], x["image"].flip(0))
+            assert t["instances"] is x["instances"]
+    same = build_model(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"]))
+    data = batch(cfg, tiny_shapes[0])
+    assert same.teacher_inputs(data) is data  # the same format: no copy

@@ -35,15 +35,12 @@ train_net = _load_script("projects/TID/train_net.py", "tid_train_net")
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_shapes, tmp_path_factory):
-    """(TID-GFL cfg, its 2-iteration training checkpoint) with a random quickstart teacher."""
+def trained(teachers, tmp_path_factory):
+    """(TID-GFL cfg, its 2-iteration training checkpoint) with conftest's random quickstart teacher."""
     out = tmp_path_factory.mktemp("tid_run")
-    torch.manual_seed(1)
-    teacher = build_model(quickstart_cfg("GFL-teacher"))
-    DetectionCheckpointer(teacher, save_dir=str(out)).save("teacher")
     cfg = quickstart_cfg(
         "TID-GFL",
-        "MODEL.TEACHER.WEIGHTS", str(out / "teacher.pth"),
+        "MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"],
         "OUTPUT_DIR", str(out / "train"),
         "SOLVER.MAX_ITER", "2",
         "DATASETS.TEST", "()",

@@ -7,9 +7,7 @@ import sys
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import HookBase
-from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from conftest import REPO, quickstart_cfg
@@ -18,13 +16,9 @@ from tid_d2.engine import TIDTrainer
 
 
 @pytest.fixture(scope="module")
-def teacher(tiny_shapes, tmp_path_factory):
-    """A randomly initialised quickstart GFL teacher saved with DetectionCheckpointer."""
-    out = tmp_path_factory.mktemp("teacher")
-    torch.manual_seed(1)
-    model = build_model(quickstart_cfg("GFL-teacher"))
-    DetectionCheckpointer(model, save_dir=str(out)).save("teacher")
-    return str(out / "teacher.pth")
+def teacher(teachers):
+    """conftest's random quickstart GFL teacher checkpoint."""
+    return teachers["GFL-teacher"]
 
 
 class Interrupted(RuntimeError):

@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper
 from detectron2.engine import HookBase
 from detectron2.modeling import build_model
