@@ -10,7 +10,9 @@ from .gfl_r101_2x_ms import model as teacher
 from .gfl_r50_1x import dataloader, lr_multiplier, optimizer, train
 from .gfl_r50_1x import model as student
 
-model = teacher_student(student, teacher, "output/GFL-R101-2x-ms/model_final.pth", methods=["TID"], warmup_iters=0)
+model = teacher_student(
+    student, teacher, "output/GFL-R101-2x-ms/model_final.pth", methods=["TID"], warmup_iters=0
+)
 train.output_dir = "output/TID-GFL-R101-R50-1x"
 # train.init_checkpoint goes into the student
 train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER

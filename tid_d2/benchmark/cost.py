@@ -233,7 +233,7 @@ def _distill_loss_step(model: TeacherStudent, batch: List[Dict]) -> Callable[[],
     with torch.no_grad(), EventStorage(0):
         _, student = model.student.forward_distill(batch)
         targets = model.student.gt_instances(batch)
-        teacher = model.teacher.dense_outputs(batch, targets)
+        teacher = model.teacher.dense_outputs(model.teacher_inputs(batch), targets)
     student = student.detach()
     leaves = {
         name: [x.requires_grad_() for x in getattr(student, name)]

@@ -8,6 +8,8 @@ from .gfl_student import dataloader, lr_multiplier, optimizer, train
 from .gfl_student import model as student
 from .gfl_teacher import model as teacher
 
-model = teacher_student(student, teacher, "output/quickstart/GFL-teacher/model_final.pth", methods=["TID"], warmup_iters=0)
+model = teacher_student(
+    student, teacher, "output/quickstart/GFL-teacher/model_final.pth", methods=["TID"], warmup_iters=0
+)
 train.output_dir = "output/quickstart/TID-GFL"
 train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER
