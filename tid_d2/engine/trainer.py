@@ -16,6 +16,7 @@ from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 
 from ..data.checked_loading import FileNamingDatasetMapper, naming_annotation_errors
+from ..data.dataset_report import report_datasets
 from ..modeling.teacher_student import TeacherStudent
 from .checkpoint import AtomicCheckpointer
 from .hooks import TIDHook, unwrap
@@ -125,6 +126,7 @@ class TIDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         with naming_annotation_errors(cfg.DATASETS.TRAIN):
+            report_datasets(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
             return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
 
     @classmethod
