@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """
 Trace a (short) training run iteration by iteration: every loss, the learning rate, the gradient
-norm of the whole model and of its parts (backbone, FPN, head, distiller adapters) before the
-optimizer step, and with --per-loss the gradient norm each loss alone puts on the trainable
+norm of the whole model, of its parts (backbone, FPN, head, distiller adapters) and the largest of
+one parameter (what SOLVER.CLIP_GRADIENTS CLIP_TYPE "norm" clips) before the optimizer step, and with --per-loss the gradient norm each loss alone puts on the trainable
 parameters (one extra backward pass per loss: slow, for diagnosis only). A run stopped by a
 non-finite loss or box ends the trace with that iteration.
 
@@ -85,7 +85,10 @@ class GradientTrace(HookBase):
             if p.grad is not None:
                 parts[_part(name)].append(p.grad.detach())
         self._grads = {k: _norm(v) for k, v in sorted(parts.items())}
-        self._grads["total"] = _norm([g for v in parts.values() for g in v])
+        grads = [g for v in parts.values() for g in v]
+        self._grads["total"] = _norm(grads)
+        # what SOLVER.CLIP_GRADIENTS CLIP_TYPE "norm" clips: each parameter's own gradient norm
+        self._grads["max_per_parameter"] = max(_norm([g]) for g in grads)
 
     def after_step(self):
         storage = self.trainer.storage
@@ -98,7 +101,8 @@ class GradientTrace(HookBase):
         self.records.append(rec)
         per_loss = " ".join(f"{k}={v:.3g}" for k, v in rec.get("grad_norm_per_loss", {}).items())
         print(f"iter {rec['iter']:4d} lr {rec['lr']:.5f} total_loss {rec['total_loss']:.4g} "
-              f"grad_norm {self._grads['total']:.4g} {per_loss}", flush=True)
+              f"grad_norm {self._grads['total']:.4g} (max of one parameter "
+              f"{self._grads['max_per_parameter']:.4g}) {per_loss}", flush=True)
 
 
 def main(argv=None) -> List[Dict]:
