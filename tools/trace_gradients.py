@@ -1,10 +1,11 @@
 #!/usr/bin/env python
 """
-Trace a (short) training run iteration by iteration: every loss, the learning rate, the gradient
-norm of the whole model, of its parts (backbone, FPN, head, distiller adapters) and the largest of
-one parameter (what SOLVER.CLIP_GRADIENTS CLIP_TYPE "norm" clips) before the optimizer step, and with --per-loss the gradient norm each loss alone puts on the trainable
-parameters (one extra backward pass per loss: slow, for diagnosis only). A run stopped by a
-non-finite loss or box ends the trace with that iteration.
+Trace a (short) training run iteration by iteration: every loss, the learning rate and, before
+the optimizer step (before clipping), the gradient norm of the whole model, of its parts
+(backbone, FPN, head, distiller adapters) and the largest of one parameter (what
+SOLVER.CLIP_GRADIENTS CLIP_TYPE "norm" clips); with --per-loss also the gradient norm each loss
+alone puts on the trainable parameters (one extra backward pass per loss: slow, for diagnosis
+only). A run stopped by a non-finite loss or box ends the trace with that iteration.
 
     python tools/trace_gradients.py --config-file configs/quickstart/TID-GFL.yaml --per-loss \\
         --stop-at 40 --output trace.jsonl SOLVER.IMS_PER_BATCH 4 SEED 5 DATASETS.TEST '()' \\
