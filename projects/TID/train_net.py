@@ -14,6 +14,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 
 from detectron2.engine import default_argument_parser, default_setup, launch  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from tid_d2.engine import TIDTrainer  # noqa: E402
 from tid_d2.engine.progress import ProgressHook  # noqa: E402
@@ -23,6 +25,8 @@ from tid_d2.tools_common import build_eval_model, setup_cfg  # noqa: E402
 def main(args):
     cfg = setup_cfg(args.config_file, args.opts)
     default_setup(cfg, args)
+    # this project's loggers (the dataset report, resume notes) log like Detectron2's
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="tid_d2", abbrev_name="tid")
     if args.eval_only:
         model = build_eval_model(cfg, cfg.MODEL.WEIGHTS)
         return TIDTrainer.test(cfg, model)
