@@ -14,13 +14,18 @@ realistic size (R-101 teacher, R-50 student, 2 images of 800x1333) too with --de
     python tools/benchmark.py --arch ATSS --methods tid tid+fitnet --ablations standard
     python tools/benchmark.py --ablations tasks=cls ldam=off alpha=2 tasks=reg,ldam=off
     python tools/benchmark.py --cost-only --device cuda
+    python tools/benchmark.py --stability              (the stability matrix: trained or diverged)
+    python tools/benchmark.py --stability --archs GFL --stability-teachers 20 --batches 4 --seeds 5 \
+        --methods fitnet tid
 
-Writes OUTPUT/results.json, results.md and results.png. Runs live in OUTPUT/teacher and
+Writes OUTPUT/results.json, results.md and results.png (--stability: OUTPUT/stability.json and
+stability.md, default OUTPUT output/stability). Runs live in OUTPUT/teacher and
 OUTPUT/runs/<method>/seed<k>; a finished run whose config is unchanged is reused (--no-cache: retrain).
 The library is `tid_d2.benchmark`.
 """
 import argparse
 import datetime
+import json
 import logging
 import os
 import re
@@ -51,6 +56,14 @@ from tid_d2.benchmark import (
     write_results,
 )
 from tid_d2.benchmark.accuracy import ARCHS, config_file
+from tid_d2.benchmark.stability import (
+    DEFAULT_BATCHES,
+    DEFAULT_SEEDS,
+    DEFAULT_TEACHER_ITERS,
+    format_stability_markdown,
+    run_stability,
+    stability_grid,
+)
 from tid_d2.data.shapes import DEFAULT_SIDES
 
 logger = logging.getLogger("benchmark")
@@ -105,11 +118,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--accuracy-only", action="store_true", help="no cost measurement")
     g.add_argument("--cost-iters", type=int, help="timed steps per model (default 20)")
     g.add_argument("--cost-warmup", type=int, help="untimed warm-up steps per model (default 5)")
+    g = p.add_argument_group("stability matrix (--stability: train only, each run trained or diverged)")
+    g.add_argument("--stability", action="store_true",
+                   help="teachers x batches x seeds x archs x methods, plus the plain students")
+    g.add_argument("--stability-teachers", nargs="+", type=int, default=list(DEFAULT_TEACHER_ITERS),
+                   help="teacher iterations (default %(default)s)")
+    g.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES),
+                   help="student SOLVER.IMS_PER_BATCH (default %(default)s)")
+    g.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
+                   help="detectors (default %(default)s; --arch is ignored)")
     p.add_argument("--no-cache", action="store_true", help="retrain runs (teacher included) even if finished")
     p.add_argument("--verbose", action="store_true", help="show Detectron2's training logs")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
                    help="KEY VALUE config overrides for every run (teacher included), applied last")
     args = p.parse_args(argv)
+    if args.stability and args.seeds is None:
+        args.seeds = list(DEFAULT_SEEDS)
     preset = QUICK if args.quick else FULL
     for key, value in preset.items():
         if key == "opts":
@@ -118,10 +142,15 @@ def parse_args(argv=None) -> argparse.Namespace:
             setattr(args, "image_sides" if key == "sides" else key, value)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is available")
+    if args.output is None and args.stability:
+        args.output = os.path.join("output", "stability" + ("-quick" if args.quick else ""))
     if args.output is None:
         args.output = os.path.join("output", "benchmark", args.arch + ("-quick" if args.quick else ""))
     for key in ("iters", "teacher_iters", "cost_iters", "num_images", "num_val_images"):
         if getattr(args, key) is not None and getattr(args, key) < 1:
+            p.error(f"--{key.replace('_', '-')} must be >= 1")
+    for key in ("stability_teachers", "batches"):
+        if min(getattr(args, key)) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds repeats a seed: {args.seeds}")
@@ -170,7 +199,7 @@ def run_accuracy(args, specs, datasets) -> Dict:
     def run(name, cfg, key) -> Dict:
         """One run's bbox metrics, "diverged": True when a non-finite loss stopped it."""
         nonlocal done
-        res = train_and_evaluate(cfg, key, use_cache=cache)
+        res = train_and_evaluate(cfg, key, use_cache=cache, progress=f"[{done + 1}/{total}] {name}")
         done += 1
         how = "cached" if res["cached"] else f"{res['run_seconds']:.0f} s"
         if res.get("diverged"):
@@ -232,6 +261,27 @@ def _config_iters(arch: str, role: str) -> int:
     return setup_cfg(config_file(arch, role)).SOLVER.MAX_ITER
 
 
+def main_stability(args, datasets, argv=None) -> Dict:
+    """The stability matrix: writes OUTPUT/stability.json and stability.md and prints the table."""
+    specs = {s.name: s for s in (parse_method(m) for m in args.methods)}
+    cells = stability_grid(args.archs, args.stability_teachers, args.batches, args.seeds, list(specs))
+    logger.info(f"Stability matrix: {len(cells)} runs (teachers {args.stability_teachers}) in {args.output}")
+    results = run_stability(cells, specs, output_dir=os.path.abspath(args.output), datasets=datasets,
+                            iters=args.iters, device=args.device, opts=args.opts,
+                            use_cache=not args.no_cache, log=logger.info)
+    results["config"] = {"command": _command(argv), "iters": args.iters, "opts": list(args.opts),
+                         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds")}
+    os.makedirs(args.output, exist_ok=True)
+    table = format_stability_markdown(results)
+    with open(os.path.join(args.output, "stability.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(args.output, "stability.md"), "w") as f:
+        f.write(table)
+    print(table)
+    logger.info(f"Wrote {os.path.join(args.output, 'stability.md')} and stability.json")
+    return results
+
+
 def main(argv=None) -> Dict:
     args = parse_args(argv)
     _setup_logging(args.verbose)
@@ -240,6 +290,8 @@ def main(argv=None) -> Dict:
                           difficulty=args.difficulty, seed=args.dataset_seed,
                           sides=tuple(args.image_sides), root=args.dataset_root)
     datasets = register_benchmark_datasets(dataset)
+    if args.stability:
+        return main_stability(args, datasets, argv)
     for name, why in not_applicable.items():
         logger.warning(f"{name} is not applicable to {args.arch} and is left out: {why}")
     accuracy = {} if args.cost_only else run_accuracy(args, specs, datasets)

@@ -53,20 +53,24 @@ def final_ap(output_dir):
 
 
 def run(name, config, opts, log_path):
-    """Run train_net.py, showing its progress lines (with ETA), and return the wall time in s."""
-    cmd = [sys.executable, TRAIN_NET, "--config-file", config] + opts
+    """
+    Run train_net.py with its progress hook and return the wall time in s. On a terminal the
+    child draws its live progress bar there (its stderr is ours) and its log goes to `log_path`;
+    otherwise both go to the log and its "[progress]" lines (every few percent) are echoed.
+    """
+    cmd = [sys.executable, TRAIN_NET, "--progress", "--config-file", config] + opts
     print(f"\n=== {name}: {' '.join(cmd[1:])}\n    full log: {log_path}", flush=True)
     start = time.time()
+    live = sys.stderr.isatty()
     with open(log_path, "w") as log:
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = subprocess.Popen(
-            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            cmd, cwd=REPO, env=env, stdout=subprocess.PIPE,
+            stderr=None if live else subprocess.STDOUT, text=True,
         )
         for line in proc.stdout:
             log.write(line)
-            if " eta: " in line:
-                print("   ", line[line.index("eta: "):].split("  time:")[0][:110], flush=True)
-            elif "copypaste:" in line or "Error" in line:
+            if line.startswith("[progress]") or "copypaste:" in line or "Error" in line:
                 print("   ", line.rstrip()[-160:], flush=True)
         if proc.wait() != 0:
             sys.exit(f"{name} failed (exit {proc.returncode}); see {log_path}")

@@ -313,15 +313,18 @@ def _is_divergence(e: BaseException) -> bool:
     return isinstance(e, FloatingPointError) or "bad box" in str(e)
 
 
-def train_and_evaluate(cfg: CfgNode, key: str, use_cache: bool = True) -> Dict:
+def train_and_evaluate(
+    cfg: CfgNode, key: str, use_cache: bool = True, progress: Optional[str] = None
+) -> Dict:
     """
     Train `cfg` in this process with `TIDTrainer` (seeded with cfg.SEED), evaluate it on
     DATASETS.TEST and return {"bbox": metrics, "config_hash", "run_seconds" (training and
     evaluation), "cached"}. A run stopped by non-finite losses or boxes is a result too: its
     metrics are None and "diverged" holds the error. A finished run in cfg.OUTPUT_DIR with the same `key` is
-    reused.
+    reused. `progress`: the run's name on a `ProgressHook` bar (None: no progress shown).
     """
     from ..engine import TIDTrainer
+    from ..engine.progress import ProgressHook
 
     run_dir = cfg.OUTPUT_DIR
     cached = _read_cache(run_dir, key) if use_cache else None
@@ -333,6 +336,8 @@ def train_and_evaluate(cfg: CfgNode, key: str, use_cache: bool = True) -> Dict:
     seed_all_rng(cfg.SEED)
     start = time.perf_counter()
     trainer = TIDTrainer(cfg)
+    if progress is not None:
+        trainer.register_hooks([ProgressHook(progress)])
     trainer.resume_or_load(resume=False)
     try:
         trainer.train()

@@ -16,6 +16,7 @@ from detectron2.utils.registry import locate
 
 from ..checkpoint import AtomicCheckpointer, load_weights
 from ..data.checked_loading import naming_annotation_errors
+from ..data.dataset_report import report_datasets
 from ..modeling.teacher_student import TeacherStudent
 from .defaults import check_amp_device, create_ddp_model, resume_or_load, skip_batches
 from .hooks import TeacherEvalHook, unwrap
@@ -106,6 +107,8 @@ def build_lazy_trainer(cfg, resume: bool):
     cfg.optimizer.params.model = model
     optim = instantiate(cfg.optimizer)
     with naming_annotation_errors(_dataset_names(cfg.dataloader.train)):
+        filter_empty = cfg.dataloader.train.get("dataset", {}).get("filter_empty", True)
+        report_datasets(_dataset_names(cfg.dataloader.train), filter_empty)
         train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)

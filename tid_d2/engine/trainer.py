@@ -13,6 +13,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..checkpoint import AtomicCheckpointer
 from ..data.checked_loading import FileNamingDatasetMapper, naming_annotation_errors
+from ..data.dataset_report import report_datasets
 from ..modeling.teacher_student import TeacherStudent
 from .defaults import build_evaluator, check_amp_device, create_ddp_model, resume_or_load, skip_batches
 from .hooks import TeacherEvalHook, unwrap
@@ -46,6 +47,7 @@ class TIDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         with naming_annotation_errors(cfg.DATASETS.TRAIN):
+            report_datasets(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
             return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
 
     @classmethod
