@@ -23,6 +23,9 @@ def add_tid_config(cfg: CN) -> CN:
     # --- Backbones ---------------------------------------------------------------------------
     # P6/P7 built from P5 (as GFL/ATSS/FCOS do) when TOP_BLOCK_IN == "p5", from C5 when "res5".
     _C.MODEL.FPN.TOP_BLOCK_IN = "p5"
+    # ReLU on P6 before the P7 conv (Detectron2's LastLevelP6P7); False: P7 = conv(P6), as
+    # mmdetection's FPN (relu_before_extra_convs=False) and so its GFL/ATSS checkpoints compute.
+    _C.MODEL.FPN.P7_RELU = True
     # A narrow ResNet-like backbone for CPU-sized runs (quickstart configs and tests).
     _C.MODEL.TINY_RESNET = CN()
     _C.MODEL.TINY_RESNET.WIDTHS = [16, 32, 64, 128]  # res2..res5 channels

@@ -5,17 +5,37 @@ from detectron2.modeling.backbone import FPN, ResNet, build_resnet_backbone
 from detectron2.modeling.backbone.fpn import LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem
 
-__all__ = ["build_tid_resnet_fpn_backbone", "build_tiny_resnet_fpn_backbone", "TinyResNet"]
+__all__ = [
+    "build_tid_resnet_fpn_backbone",
+    "build_tiny_resnet_fpn_backbone",
+    "LastLevelP6P7NoReLU",
+    "TinyResNet",
+]
+
+
+class LastLevelP6P7NoReLU(LastLevelP6P7):
+    """
+    P6 = conv(x), P7 = conv(P6) with no ReLU in between: mmdetection's FPN extra convs
+    (`add_extra_convs="on_output"`, `relu_before_extra_convs=False`, as in its GFL/ATSS configs),
+    where Detectron2's `LastLevelP6P7` applies ReLU to P6 before P7. Same parameter names (p6, p7),
+    so checkpoints move between the two.
+    """
+
+    def forward(self, x):
+        p6 = self.p6(x)
+        return [p6, self.p7(p6)]
 
 
 def _fpn_with_p6p7(cfg, bottom_up) -> FPN:
-    """FPN on `MODEL.FPN.IN_FEATURES` plus P6/P7 from P5 (GFL/ATSS/FCOS) or from C5 (RetinaNet)."""
+    """FPN on `MODEL.FPN.IN_FEATURES` plus P6/P7 from P5 (GFL/ATSS/FCOS) or from C5 (RetinaNet);
+    `MODEL.FPN.P7_RELU` False drops the ReLU between P6 and P7 (mmdetection's layout)."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_in = cfg.MODEL.FPN.TOP_BLOCK_IN
+    block = LastLevelP6P7 if cfg.MODEL.FPN.P7_RELU else LastLevelP6P7NoReLU
     if top_in == "p5":
-        top_block = LastLevelP6P7(out_channels, out_channels, in_feature="p5")
+        top_block = block(out_channels, out_channels, in_feature="p5")
     elif top_in == "res5":
-        top_block = LastLevelP6P7(bottom_up.output_shape()["res5"].channels, out_channels)
+        top_block = block(bottom_up.output_shape()["res5"].channels, out_channels)
     else:
         raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN must be 'p5' or 'res5', got {top_in!r}")
     return FPN(
