@@ -356,3 +356,30 @@ def test_inference_caps_sorts_and_clips(arch):
         model.test_score_thresh = 0.05
         with torch.no_grad():
             assert len(model(inputs[:1])[0]["instances"]) == 0
+
+
+def test_p7_relu_key_switches_the_relu_between_p6_and_p7():
+    """MODEL.FPN.P7_RELU False: P7 = conv(P6) (mmdetection's FPN); True: conv(relu(P6)) (Detectron2's)."""
+    from tid_d2.modeling.backbone import LastLevelP6P7NoReLU
+
+    torch.manual_seed(0)
+    with_relu = tiny_model("GFL").backbone
+    without = build_model(setup_cfg(os.path.join(REPO, "configs", "quickstart", "GFL-student.yaml"),
+                                    ["MODEL.FPN.P7_RELU", "False"])).backbone
+    assert isinstance(without.top_block, LastLevelP6P7NoReLU)
+    assert not isinstance(with_relu.top_block, LastLevelP6P7NoReLU)
+    without.load_state_dict(with_relu.state_dict())  # same parameter names
+    x = torch.randn(1, 3, 128, 160)
+    a, b = with_relu(x), without(x)
+    assert torch.equal(a["p6"], b["p6"]) and a["p6"].min() < 0
+    assert torch.allclose(b["p7"], without.top_block.p7(b["p6"]))
+    assert torch.allclose(a["p7"], with_relu.top_block.p7(torch.relu(a["p6"])))
+    assert not torch.allclose(a["p7"], b["p7"])
+
+
+@pytest.mark.parametrize("name", ["GFL-R50-1x", "ATSS-R50-1x"])
+def test_mmdet_layout_configs_build_their_detector(name):
+    cfg = setup_cfg(os.path.join(REPO, "configs", "mmdet", f"{name}.yaml"), ["MODEL.DEVICE", "cpu"])
+    assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.FPN.P7_RELU and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
+    model = build_model(cfg)
+    assert model.input_format == "RGB" and model.strides == STRIDES
