@@ -78,6 +78,9 @@ def import_mmdet():
     if missing:
         os.makedirs(TARGET, exist_ok=True)
         _install(missing)
+    # the folder was probed before the install: drop the finders' stale view of it
+    sys.path_importer_cache.pop(TARGET, None)
+    importlib.invalidate_caches()
     if TARGET not in sys.path:
         sys.path.insert(0, TARGET)
     _stub_mmcv_ext()
