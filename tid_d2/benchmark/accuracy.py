@@ -308,6 +308,20 @@ def _read_cache(run_dir: str, key: str) -> Optional[Dict]:
     return cached if finished and cached.get("config_hash") == key else None
 
 
+def seeded_trainer(cfg: CfgNode, progress: Optional[str] = None):
+    """A fresh `TIDTrainer` of `cfg` seeded with cfg.SEED (model init, sampler, augmentation), with a
+    `ProgressHook` named `progress` (None: no progress shown)."""
+    from ..engine import TIDTrainer
+    from ..engine.progress import ProgressHook
+
+    seed_all_rng(cfg.SEED)
+    trainer = TIDTrainer(cfg)
+    if progress is not None:
+        trainer.register_hooks([ProgressHook(progress)])
+    trainer.resume_or_load(resume=False)
+    return trainer
+
+
 def _is_divergence(e: BaseException) -> bool:
     """The trainer's non-finite-loss check, or fvcore's GIoU assertion on NaN predicted boxes."""
     return isinstance(e, FloatingPointError) or "bad box" in str(e)
@@ -324,7 +338,6 @@ def train_and_evaluate(
     reused. `progress`: the run's name on a `ProgressHook` bar (None: no progress shown).
     """
     from ..engine import TIDTrainer
-    from ..engine.progress import ProgressHook
 
     run_dir = cfg.OUTPUT_DIR
     cached = _read_cache(run_dir, key) if use_cache else None
@@ -333,12 +346,8 @@ def train_and_evaluate(
     os.makedirs(run_dir, exist_ok=True)
     with open(os.path.join(run_dir, "config.yaml"), "w") as f:
         f.write(cfg.dump())
-    seed_all_rng(cfg.SEED)
     start = time.perf_counter()
-    trainer = TIDTrainer(cfg)
-    if progress is not None:
-        trainer.register_hooks([ProgressHook(progress)])
-    trainer.resume_or_load(resume=False)
+    trainer = seeded_trainer(cfg, progress)
     try:
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None) or TIDTrainer.test(cfg, trainer.model)

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from detectron2.config import CfgNode
-from detectron2.utils.env import seed_all_rng
 
 from .accuracy import (
     MethodSpec,
@@ -25,6 +24,7 @@ from .accuracy import (
     build_run_cfg,
     config_hash,
     not_applicable_reason,
+    seeded_trainer,
     train_and_evaluate,
 )
 
@@ -86,9 +86,6 @@ def train_only(cfg: CfgNode, key: str, use_cache: bool = True, progress: Optiona
     "config_hash", "run_seconds", "cached"}; the outcome is written to cfg.OUTPUT_DIR and reused
     while `key` is unchanged.
     """
-    from ..engine import TIDTrainer
-    from ..engine.progress import ProgressHook
-
     path = os.path.join(cfg.OUTPUT_DIR, RESULT_FILE)
     if use_cache and os.path.isfile(path):
         with open(path) as f:
@@ -96,12 +93,8 @@ def train_only(cfg: CfgNode, key: str, use_cache: bool = True, progress: Optiona
         if cached.get("config_hash") == key:
             return dict(cached, cached=True)
     os.makedirs(cfg.OUTPUT_DIR, exist_ok=True)
-    seed_all_rng(cfg.SEED)
     start = time.perf_counter()
-    trainer = TIDTrainer(cfg)
-    if progress is not None:
-        trainer.register_hooks([ProgressHook(progress)])
-    trainer.resume_or_load(resume=False)
+    trainer = seeded_trainer(cfg, progress)
     out = {"config_hash": key, "status": "trained", "iteration": cfg.SOLVER.MAX_ITER, "error": None}
     try:
         trainer.train()

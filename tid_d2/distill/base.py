@@ -85,7 +85,9 @@ class Distiller(nn.Module):
     @property
     def loss_scale(self) -> float:
         """The warm-up factor of the current iteration."""
-        storage = current_storage()
+        return self._scale(current_storage())
+
+    def _scale(self, storage) -> float:
         return 1.0 if storage is None else warmup_factor(storage.iter, self.warmup_iters)
 
     def forward(
@@ -94,7 +96,7 @@ class Distiller(nn.Module):
         terms, diagnostics = self.losses(teacher, student, targets)
         self.diagnostics = {k: v.detach() if torch.is_tensor(v) else v for k, v in diagnostics.items()}
         storage = current_storage()
-        scale = self.loss_scale
+        scale = self._scale(storage)
         if storage is not None:
             self._write(storage, scale)
         prefix = f"loss_{self.name}"

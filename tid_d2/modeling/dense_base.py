@@ -31,17 +31,20 @@ def reduce_mean(x: Tensor) -> Tensor:
     return x
 
 
+def check_head_in_features(in_features, shapes, what: str = "head in_features") -> None:
+    """Every head input must be a backbone output (named before anything is built on it)."""
+    missing = [f for f in in_features if f not in shapes]
+    if missing:
+        raise ValueError(f"{what} {missing} are not backbone outputs {sorted(shapes)}")
+
+
 def anchor_point_config(cfg, node_name: str, reg_channels: int, with_centerness: bool) -> Dict:
     """The `AnchorPointDetector` arguments of a yacs config whose detector keys are MODEL.<node_name>
     (backbone, DenseTowerHead, anchors, assignment, inference and input normalization)."""
     backbone = build_backbone(cfg)
     c = getattr(cfg.MODEL, node_name)
     shapes = backbone.output_shape()
-    missing = [f for f in c.IN_FEATURES if f not in shapes]
-    if missing:
-        raise ValueError(
-            f"MODEL.{node_name}.IN_FEATURES {missing} are not backbone outputs {sorted(shapes)}"
-        )
+    check_head_in_features(c.IN_FEATURES, shapes, f"MODEL.{node_name}.IN_FEATURES")
     head = DenseTowerHead(
         cfg,
         [shapes[f] for f in c.IN_FEATURES],
@@ -96,9 +99,7 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
     ):
         super().__init__(backbone, head, head_in_features, pixel_mean=pixel_mean, pixel_std=pixel_std)
         shapes = backbone.output_shape()
-        missing = [f for f in self.head_in_features if f not in shapes]
-        if missing:
-            raise ValueError(f"head in_features {missing} are not backbone outputs {sorted(shapes)}")
+        check_head_in_features(self.head_in_features, shapes)
         strides = [shapes[f].stride for f in self.head_in_features]
         self.anchor_generator = DefaultAnchorGenerator(
             sizes=[[anchor_scale * s] for s in strides],

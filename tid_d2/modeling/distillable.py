@@ -64,9 +64,8 @@ class DistillableDetector(abc.ABC):
 
     @property
     def strides(self) -> List[int]:
-        """The stride of each head input level."""
-        shapes = self.backbone.output_shape()
-        return [shapes[f].stride for f in self.head_in_features]
+        """The stride of each head input level (the anchor generator's, fixed at construction)."""
+        return list(self.anchor_generator.strides)
 
     @property
     def feature_channels(self) -> int:

@@ -85,8 +85,8 @@ class DistillableRetinaNet(DistillableDetector, RetinaNet):
         picks = [best_anchor_per_location(x, a) for x in logits]
         extras = {}
         if gt_instances is not None:
-            gt_labels, _ = self.label_anchors(anchors, gt_instances)
-            fg = (torch.stack(gt_labels) >= 0) & (torch.stack(gt_labels) < self.num_classes)
+            gt_labels = torch.stack(self.label_anchors(anchors, gt_instances)[0])
+            fg = (gt_labels >= 0) & (gt_labels < self.num_classes)
             extras["pos_mask"] = fg.reshape(fg.shape[0], -1, a).any(dim=-1)
         return DenseOutputs(
             features=features,
