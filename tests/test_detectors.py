@@ -15,7 +15,9 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
 from tid_d2.modeling import ATSS, FCOS, GFL
+from tid_d2.engine.trainer import TIDTrainer
 from tid_d2.modeling.atss import centerness_target
+from tid_d2.modeling.dense_base import valid_anchor_mask
 from tid_d2.modeling.gfl import integral_decode
 from tid_d2.modeling.heads import DenseTowerHead
 from tid_d2.engine.defaults import setup_cfg
@@ -383,3 +385,82 @@ def test_mmdet_layout_configs_build_their_detector(name):
     assert cfg.INPUT.FORMAT == "RGB" and not cfg.MODEL.FPN.P7_RELU and not cfg.MODEL.RESNETS.STRIDE_IN_1X1
     model = build_model(cfg)
     assert model.input_format == "RGB" and model.strides == STRIDES
+    opt = TIDTrainer.build_optimizer(cfg, model)
+    decay = {id(p): g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+    gn_weight = model.head.cls_subnet[1].weight
+    assert isinstance(model.head.cls_subnet[1], torch.nn.GroupNorm)
+    assert decay[id(gn_weight)] == pytest.approx(1e-4)  # SOLVER.WEIGHT_DECAY_NORM as mmdetection
+    # mmdetection's inference/training semantics; batches padded to 32 as its pad_size_divisor
+    assert model.test_clip_boxes and model.ignore_batch_padding
+    assert model.backbone.size_divisibility == 32
+    if name.startswith("ATSS"):
+        assert model.test_score_mode == "class_then_product"
+
+
+def test_default_configs_keep_detectron2_semantics():
+    model = tiny_model("ATSS")
+    assert not model.test_clip_boxes and not model.ignore_batch_padding
+    assert model.test_score_mode == "sqrt_product"
+
+
+def test_atss_score_mode_is_checked():
+    with pytest.raises(ValueError, match="SCORE_MODE_TEST.*'product'"):
+        tiny_model("ATSS", "MODEL.ATSS.SCORE_MODE_TEST", "product")
+
+
+def test_valid_anchor_mask_by_hand():
+    """A 72 x 90 image padded to 32 owns 96 x 96: 12 x 12 of the 16 x 20 stride-8 locations of a
+    128 x 160 batch, and ceil(96 / 128) = 1 x 1 of the 1 x 2 stride-128 ones."""
+    model = tiny_model("GFL")
+    features = [torch.zeros(1, 1, h, w) for h, w in LEVEL_HW]
+    anchors = model.anchor_generator(features)
+    mask = valid_anchor_mask(anchors, STRIDES, (72, 90), 32)
+    per_level = [m.reshape(h, w) for m, (h, w) in zip(mask.split([len(a) for a in anchors]), LEVEL_HW)]
+    expected_p3 = torch.zeros(16, 20, dtype=torch.bool)
+    expected_p3[:12, :12] = True
+    assert torch.equal(per_level[0], expected_p3)
+    assert per_level[4].tolist() == [[True, False]]
+    assert valid_anchor_mask(anchors, STRIDES, (128, 160), 32).all()
+
+
+@pytest.mark.parametrize("arch", ["GFL", "ATSS"])
+def test_ignored_batch_padding_gets_no_loss(arch):
+    """IGNORE_BATCH_PADDING: a small image's batch padding is labelled -1, never positive, and the
+    classification loss no longer counts it; the large image's labels are unchanged."""
+    torch.manual_seed(0)
+    base = tiny_model(arch)
+    ignoring = tiny_model(arch, f"MODEL.{arch}.IGNORE_BATCH_PADDING", "True")
+    ignoring.load_state_dict(base.state_dict())
+    data = [
+        synthetic_image(256, 320, boxes=[[10, 10, 120, 100]], classes=[1]),
+        synthetic_image(96, 96, boxes=[[5, 5, 60, 70]], classes=[2]),
+    ]
+    images = base.preprocess_image(data)
+    features = base.extract_features(images)
+    anchors = base.anchor_generator(features)
+    gts = base.gt_instances(data)
+    labels, _, _ = base.label_anchors(anchors, gts)
+    ignored, _, _ = ignoring.label_anchors(anchors, gts)
+    assert torch.equal(labels[0], ignored[0])
+    assert (ignored[1] == -1).sum() > 0 and (labels[1] >= 0).all()
+    assert torch.equal(labels[1] < 6, (ignored[1] >= 0) & (ignored[1] < 6))  # same positives here
+    with EventStorage():
+        loss_base = base.forward_training(images, features, base.head(features), gts)
+        loss_ignoring = ignoring.forward_training(images, features, ignoring.head(features), gts)
+    cls_key = f"loss_{arch.lower()}_cls"
+    assert loss_ignoring[cls_key] < loss_base[cls_key]
+
+
+@pytest.mark.parametrize("arch", ["GFL", "ATSS"])
+def test_box_decoding_is_float32_under_autocast(arch):
+    """Under AMP the head runs in low precision, but boxes are decoded in float32 (GFL's integral
+    included), for DenseOutputs and for the detections."""
+    model = tiny_model(arch).eval()
+    model.test_score_thresh = 0.0
+    data = [synthetic_image(128, 160, boxes=[[10, 10, 60, 70]], classes=[1])]
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model.dense_outputs(data)
+        detections = model(data)[0]["instances"]
+    assert outputs.cls_logits[0].dtype == torch.bfloat16  # autocast is really on
+    assert all(b.dtype == torch.float32 for b in outputs.boxes)
+    assert detections.pred_boxes.tensor.dtype == torch.float32

@@ -16,6 +16,19 @@ def _add_dense_head_config(node: CN, num_classes: int = 80) -> None:
     node.NMS_THRESH_TEST = 0.6
 
 
+def _add_anchor_point_config(node: CN) -> None:
+    """Keys shared by GFL and ATSS (one square anchor per location, ATSS assignment)."""
+    node.ANCHOR_SCALE = 8  # one square anchor of ANCHOR_SCALE * stride per location
+    node.ATSS_TOPK = 9
+    # Clip decoded boxes to the image and drop the empty ones *before* NMS (mmdetection); False:
+    # Detectron2's order (NMS on unclipped boxes, clipped when rescaled to the input size).
+    node.CLIP_BOXES_TEST = False
+    # Locations outside an image's own padded area (the batch padding of a smaller image) get no
+    # loss and are not ATSS candidates (mmdetection's anchor valid flags); False: every location
+    # of the batch tensor counts.
+    node.IGNORE_BATCH_PADDING = False
+
+
 def add_tid_config(cfg: CN) -> CN:
     """Add the MODEL.GFL/ATSS/FCOS/TEACHER/TID/DISTILL keys (in place; also returns cfg)."""
     _C = cfg
@@ -36,9 +49,8 @@ def add_tid_config(cfg: CN) -> CN:
     # --- GFL (Generalized Focal Loss V1) ------------------------------------------------------
     _C.MODEL.GFL = CN()
     _add_dense_head_config(_C.MODEL.GFL)
+    _add_anchor_point_config(_C.MODEL.GFL)
     _C.MODEL.GFL.REG_MAX = 16
-    _C.MODEL.GFL.ANCHOR_SCALE = 8  # one square anchor of ANCHOR_SCALE * stride per location
-    _C.MODEL.GFL.ATSS_TOPK = 9
     _C.MODEL.GFL.QFL_BETA = 2.0
     _C.MODEL.GFL.LOSS_CLS_WEIGHT = 1.0
     _C.MODEL.GFL.LOSS_DFL_WEIGHT = 0.25
@@ -47,8 +59,11 @@ def add_tid_config(cfg: CN) -> CN:
     # --- ATSS ---------------------------------------------------------------------------------
     _C.MODEL.ATSS = CN()
     _add_dense_head_config(_C.MODEL.ATSS)
-    _C.MODEL.ATSS.ANCHOR_SCALE = 8
-    _C.MODEL.ATSS.ATSS_TOPK = 9
+    _add_anchor_point_config(_C.MODEL.ATSS)
+    # Inference score: "sqrt_product" thresholds, selects and ranks sqrt(class x centerness) (FCOS
+    # style); "class_then_product" thresholds and selects on the class score, then ranks (NMS) by
+    # class x centerness, as mmdetection's ATSSHead does.
+    _C.MODEL.ATSS.SCORE_MODE_TEST = "sqrt_product"
     _C.MODEL.ATSS.FOCAL_LOSS_ALPHA = 0.25
     _C.MODEL.ATSS.FOCAL_LOSS_GAMMA = 2.0
     _C.MODEL.ATSS.LOSS_BOX_WEIGHT = 2.0

@@ -14,6 +14,7 @@ from .losses import giou_loss_weighted, sigmoid_focal_loss
 
 __all__ = ["ATSS", "centerness_target"]
 
+_SCORE_MODES = ("sqrt_product", "class_then_product")
 _TO_SIDES = Box2BoxTransformLinear(normalize_by_size=False)
 
 
@@ -31,7 +32,7 @@ class ATSS(AnchorPointDetector):
     """
     ATSS: one anchor per location labelled by adaptive (mean + std IoU) selection; focal-loss
     classification, GIoU on delta-decoded boxes weighted by centerness, a centerness branch (BCE);
-    scores at inference are sqrt(class score x centerness).
+    inference scores combine class score and centerness as `test_score_mode` says.
     """
 
     pred_names = ("cls", "reg", "ctr")
@@ -44,12 +45,16 @@ class ATSS(AnchorPointDetector):
         focal_loss_gamma: float = 2.0,
         loss_box_weight: float = 2.0,
         loss_centerness_weight: float = 1.0,
+        test_score_mode: str = "sqrt_product",
         **kwargs,
     ):
         """
         Args:
             focal_loss_alpha, focal_loss_gamma: the classification focal loss.
             loss_box_weight, loss_centerness_weight: weights of GIoU and the centerness BCE.
+            test_score_mode: "sqrt_product" (threshold, top-k and rank sqrt(class x centerness)) or
+                "class_then_product" (threshold and top-k on the class score, rank class x
+                centerness: mmdetection).
             kwargs: the `AnchorPointDetector` arguments.
         """
         super().__init__(box2box_transform=Box2BoxTransform(weights=(10.0, 10.0, 5.0, 5.0)), **kwargs)
@@ -57,6 +62,12 @@ class ATSS(AnchorPointDetector):
         self.focal_loss_gamma = focal_loss_gamma
         self.loss_box_weight = loss_box_weight
         self.loss_centerness_weight = loss_centerness_weight
+        if test_score_mode not in _SCORE_MODES:
+            raise ValueError(
+                f"ATSS test_score_mode (MODEL.ATSS.SCORE_MODE_TEST) is {test_score_mode!r}; "
+                f"expected one of {_SCORE_MODES}"
+            )
+        self.test_score_mode = test_score_mode
 
     @classmethod
     def from_config(cls, cfg):
@@ -67,6 +78,7 @@ class ATSS(AnchorPointDetector):
             "focal_loss_gamma": c.FOCAL_LOSS_GAMMA,
             "loss_box_weight": c.LOSS_BOX_WEIGHT,
             "loss_centerness_weight": c.LOSS_CENTERNESS_WEIGHT,
+            "test_score_mode": c.SCORE_MODE_TEST,
         }
 
     def pred_dims(self):
@@ -75,25 +87,29 @@ class ATSS(AnchorPointDetector):
     def level_deltas(self, reg: Tensor, stride: int) -> Tensor:
         return reg
 
-    def level_scores(self, preds: Dict[str, Tensor]) -> Tensor:
-        return torch.sqrt(preds["cls"].sigmoid() * preds["ctr"].sigmoid())
+    def level_scores(self, preds: Dict[str, Tensor]):
+        cls, ctr = preds["cls"].sigmoid(), preds["ctr"].sigmoid()
+        if self.test_score_mode == "class_then_product":
+            return cls, ctr.squeeze(-1)
+        return torch.sqrt(cls * ctr), None
 
     def losses(self, anchors, strides, preds, gt_labels, gt_boxes) -> Dict[str, Tensor]:
         """
         Args:
             anchors [A, 4], strides [A], preds {"cls": [N, A, K], "reg": [N, A, 4], "ctr": [N, A, 1]},
-            gt_labels [N, A] (K = background), gt_boxes [N, A, 4].
+            gt_labels [N, A] (K = background, -1 = ignored), gt_boxes [N, A, 4].
         """
         cls_logits = preds["cls"]
         num_images = cls_logits.shape[0]
-        pos = gt_labels < self.num_classes
+        valid = gt_labels >= 0
+        pos = valid & (gt_labels < self.num_classes)
         num_pos = pos.sum()
         self.put_num_pos(num_pos.item(), num_images)
         num_pos_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
 
-        target = F.one_hot(gt_labels, self.num_classes + 1)[..., :-1].to(cls_logits.dtype)
+        target = F.one_hot(gt_labels[valid], self.num_classes + 1)[..., :-1].to(cls_logits.dtype)
         loss_cls = sigmoid_focal_loss(
-            cls_logits, target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
+            cls_logits[valid], target, alpha=self.focal_loss_alpha, gamma=self.focal_loss_gamma,
             reduction="sum",
         ) / num_pos_avg
 

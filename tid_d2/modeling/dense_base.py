@@ -2,6 +2,8 @@
 DenseOutputs for distillers, Detectron2's per-level decoding and NMS for inference)."""
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import math
+
 import torch
 import torch.distributed as dist
 from torch import Tensor
@@ -19,7 +21,7 @@ from .assigners import atss_assign
 from .distillable import DistillableDetector, decode_level_boxes
 from .heads import DenseTowerHead
 
-__all__ = ["AnchorPointDetector", "anchor_point_config", "reduce_mean"]
+__all__ = ["AnchorPointDetector", "anchor_point_config", "reduce_mean", "select_candidates"]
 
 
 def reduce_mean(x: Tensor) -> Tensor:
@@ -29,6 +31,37 @@ def reduce_mean(x: Tensor) -> Tensor:
     x = x.clone()
     dist.all_reduce(x.div_(comm.get_world_size()))
     return x
+
+
+def select_candidates(scores: Tensor, thresh: float, topk: int) -> Tuple[Tensor, Tensor, Tensor]:
+    """
+    The (location, class) pairs of `scores` [R, K] above `thresh`, at most `topk` of them, highest
+    first (Detectron2's and mmdetection's per-level pre-NMS selection) -> scores, location and class
+    indices, each [C].
+    """
+    keep = scores > thresh
+    idx = keep.nonzero()
+    kept, order = scores[keep].topk(min(topk, len(idx)))
+    locations, classes = idx[order].unbind(dim=1)
+    return kept, locations, classes
+
+
+def valid_anchor_mask(
+    anchors: List[Boxes], strides: Sequence[int], image_size: Tuple[int, int], size_divisibility: int
+) -> Tensor:
+    """
+    [A] bool: anchors whose feature location lies inside the image's own padded area (its size
+    rounded up to `size_divisibility`), not in the extra padding a batch adds to smaller images.
+    These are mmdetection's anchor valid flags; level l keeps locations x < ceil(padded_w / s_l).
+    """
+    h, w = image_size
+    if size_divisibility > 1:
+        h, w = (math.ceil(v / size_divisibility) * size_divisibility for v in (h, w))
+    masks = []
+    for a, s in zip(anchors, strides):
+        limit = a.tensor.new_tensor([math.ceil(w / s), math.ceil(h / s)])
+        masks.append(((a.get_centers() / s).floor() < limit).all(dim=1))
+    return cat(masks)
 
 
 def check_head_in_features(in_features, shapes, what: str = "head in_features") -> None:
@@ -63,6 +96,8 @@ def anchor_point_config(cfg, node_name: str, reg_channels: int, with_centerness:
         "test_topk_candidates": c.TOPK_CANDIDATES_TEST,
         "test_nms_thresh": c.NMS_THRESH_TEST,
         "max_detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
+        "test_clip_boxes": c.CLIP_BOXES_TEST,
+        "ignore_batch_padding": c.IGNORE_BATCH_PADDING,
         "pixel_mean": cfg.MODEL.PIXEL_MEAN,
         "pixel_std": cfg.MODEL.PIXEL_STD,
         "input_format": cfg.INPUT.FORMAT,
@@ -93,6 +128,8 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         test_topk_candidates: int = 1000,
         test_nms_thresh: float = 0.6,
         max_detections_per_image: int = 100,
+        test_clip_boxes: bool = False,
+        ignore_batch_padding: bool = False,
         pixel_mean,
         pixel_std,
         input_format: str = "BGR",
@@ -114,6 +151,8 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         self.test_topk_candidates = test_topk_candidates
         self.test_nms_thresh = test_nms_thresh
         self.max_detections_per_image = max_detections_per_image
+        self.test_clip_boxes = test_clip_boxes
+        self.ignore_batch_padding = ignore_batch_padding
         self.input_format = input_format
 
     # ----- what subclasses define ---------------------------------------------------------------
@@ -126,11 +165,16 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         raise NotImplementedError
 
     def losses(self, anchors: Tensor, strides: Tensor, preds: Dict[str, Tensor], gt_labels, gt_boxes):
-        """Detection losses from flattened predictions `preds[name]` [N, A, D] and labels [N, A]."""
+        """Detection losses from flattened predictions `preds[name]` [N, A, D] and labels [N, A]
+        (-1: ignored, no loss)."""
         raise NotImplementedError
 
-    def level_scores(self, preds: Dict[str, Tensor]) -> Tensor:
-        """Inference scores [..., K] of one level from its flattened predictions."""
+    def level_scores(self, preds: Dict[str, Tensor]) -> Tuple[Tensor, Optional[Tensor]]:
+        """
+        Inference scores of one level from its flattened predictions: the scores [R, K] that are
+        thresholded and top-k selected, and an optional factor [R] the kept scores are multiplied
+        by before NMS (None: none).
+        """
         raise NotImplementedError
 
     # ----- shared machinery ---------------------------------------------------------------------
@@ -144,18 +188,30 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         self, anchors: List[Boxes], gt_instances: List[Instances]
     ) -> Tuple[Tensor, Tensor, List[Tensor]]:
         """
-        ATSS labels for every image.
+        ATSS labels for every image. With `ignore_batch_padding`, anchors outside an image's own
+        padded area (`Instances.image_size` rounded up to the backbone's size divisibility) are
+        not candidates and get label -1 (no loss), as mmdetection's valid flags.
 
         Returns:
-            gt_labels [N, A] in [0, K] (K = background), matched gt boxes [N, A, 4] (zeros for
-            background) and the per-GT IoU thresholds, N x [M_i].
+            gt_labels [N, A] in [-1, K] (K = background, -1 = ignored), matched gt boxes [N, A, 4]
+            (zeros for background) and the per-GT IoU thresholds, N x [M_i].
         """
         num_per_level = [len(a) for a in anchors]
         all_anchors = Boxes.cat(anchors).tensor
         labels, boxes, thresholds = [], [], []
         for inst in gt_instances:
             gt = inst.gt_boxes.tensor
-            idx, thr = atss_assign(all_anchors, num_per_level, gt, topk=self.atss_topk)
+            if self.ignore_batch_padding:
+                valid = valid_anchor_mask(
+                    anchors, self.strides, inst.image_size, self.backbone.size_divisibility
+                )
+                per_level = [int(n) for n in torch.stack([v.sum() for v in valid.split(num_per_level)])]
+                valid_idx, thr = atss_assign(all_anchors[valid], per_level, gt, topk=self.atss_topk)
+                idx = torch.full((len(all_anchors),), -1, dtype=torch.long, device=gt.device)
+                idx[valid] = valid_idx
+            else:
+                valid = None
+                idx, thr = atss_assign(all_anchors, num_per_level, gt, topk=self.atss_topk)
             pos = idx >= 0
             safe = idx.clamp(min=0)
             if len(inst) > 0:
@@ -164,6 +220,8 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
             else:
                 lab = torch.full_like(idx, self.num_classes)
                 box = torch.zeros_like(all_anchors)
+            if valid is not None:
+                lab = lab.masked_fill(~valid, -1)
             labels.append(lab)
             boxes.append(box)
             thresholds.append(thr)
@@ -190,7 +248,7 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         thresholds, extras = None, {}
         if gt_instances is not None:
             gt_labels, _, thresholds = self.label_anchors(anchors, gt_instances)
-            extras["pos_mask"] = gt_labels < self.num_classes
+            extras["pos_mask"] = (gt_labels >= 0) & (gt_labels < self.num_classes)
         deltas = [self.level_deltas(r, s) for r, s in zip(preds["reg"], self.strides)]
         return DenseOutputs(
             features=features,
@@ -214,17 +272,36 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
     def forward_inference(self, images: ImageList, features: List[Tensor], predictions):
         anchors = self.anchor_generator(features)
         preds = self.flatten(predictions)
-        num_levels = len(anchors)
-        results: List[Instances] = []
-        for i, image_size in enumerate(images.image_sizes):
-            level_preds = [{k: v[l][i] for k, v in preds.items()} for l in range(num_levels)]
-            scores = [self.level_scores(p) for p in level_preds]
-            deltas = [self.level_deltas(p["reg"], s) for p, s in zip(level_preds, self.strides)]
-            pred = self._decode_multi_level_predictions(
-                anchors, scores, deltas, self.test_score_thresh, self.test_topk_candidates, image_size
+        return [
+            self.inference_single_image(
+                anchors, [{k: v[l][i] for k, v in preds.items()} for l in range(len(anchors))], size
             )
-            keep = batched_nms(
-                pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh
+            for i, size in enumerate(images.image_sizes)
+        ]
+
+    def inference_single_image(
+        self, anchors: List[Boxes], level_preds: List[Dict[str, Tensor]], image_size: Tuple[int, int]
+    ) -> Instances:
+        """
+        Detections of one image from its per-level predictions `level_preds[l][name]` [R_l, D]:
+        per-level threshold and top-k, box decoding, optional clipping to the image (dropping boxes
+        left empty) before class-wise NMS, then the `max_detections_per_image` best.
+        """
+        boxes, scores, classes = [], [], []
+        for a, p, stride in zip(anchors, level_preds, self.strides):
+            level_scores, factor = self.level_scores(p)
+            kept, loc, cls = select_candidates(
+                level_scores, self.test_score_thresh, self.test_topk_candidates
             )
-            results.append(pred[keep[: self.max_detections_per_image]])
-        return results
+            deltas = self.level_deltas(p["reg"][loc], stride)
+            boxes.append(self.box2box_transform.apply_deltas(deltas, a.tensor[loc]))
+            scores.append(kept if factor is None else kept * factor[loc])
+            classes.append(cls)
+        pred = Instances(
+            image_size, pred_boxes=Boxes(cat(boxes)), scores=cat(scores), pred_classes=cat(classes)
+        )
+        if self.test_clip_boxes:
+            pred.pred_boxes.clip(image_size)
+            pred = pred[pred.pred_boxes.nonempty()]
+        keep = batched_nms(pred.pred_boxes.tensor, pred.scores, pred.pred_classes, self.test_nms_thresh)
+        return pred[keep[: self.max_detections_per_image]]

@@ -18,10 +18,11 @@ __all__ = ["GFL", "integral_decode"]
 
 
 def integral_decode(logits: Tensor, reg_max: int) -> Tensor:
-    """Expected value of each box side's distribution: [..., 4 * (reg_max + 1)] -> [..., 4]."""
+    """Expected value of each box side's distribution: [..., 4 * (reg_max + 1)] -> [..., 4], in
+    float32 whatever the logits' dtype (box decoding under AMP keeps full precision)."""
     probs = F.softmax(logits.reshape(*logits.shape[:-1], 4, reg_max + 1).float(), dim=-1)
     bins = torch.arange(reg_max + 1, dtype=probs.dtype, device=probs.device)
-    return (probs * bins).sum(-1).to(logits.dtype)
+    return (probs * bins).sum(-1)
 
 
 @META_ARCH_REGISTRY.register()
@@ -84,18 +85,19 @@ class GFL(AnchorPointDetector):
     def level_deltas(self, reg: Tensor, stride: int) -> Tensor:
         return integral_decode(reg, self.reg_max) * stride
 
-    def level_scores(self, preds: Dict[str, Tensor]) -> Tensor:
-        return preds["cls"].sigmoid()
+    def level_scores(self, preds: Dict[str, Tensor]):
+        return preds["cls"].sigmoid(), None
 
     def losses(self, anchors, strides, preds, gt_labels, gt_boxes) -> Dict[str, Tensor]:
         """
         Args:
             anchors [A, 4], strides [A], preds {"cls": [N, A, K], "reg": [N, A, 4(n+1)]},
-            gt_labels [N, A] (K = background), gt_boxes [N, A, 4].
+            gt_labels [N, A] (K = background, -1 = ignored), gt_boxes [N, A, 4].
         """
         cls_logits, reg = preds["cls"], preds["reg"]
         num_images = cls_logits.shape[0]
-        pos = gt_labels < self.num_classes  # [N, A]
+        valid = gt_labels >= 0
+        pos = valid & (gt_labels < self.num_classes)  # [N, A]
         num_pos = pos.sum()
         self.put_num_pos(num_pos.item(), num_images)
         num_pos_avg = reduce_mean(num_pos.float()).clamp(min=1.0)
@@ -118,7 +120,7 @@ class GFL(AnchorPointDetector):
             gt_labels.reshape(-1),
             iou_target.reshape(-1),
             beta=self.qfl_beta,
-        ).sum() / num_pos_avg
+        )[valid.reshape(-1)].sum() / num_pos_avg
 
         weight_avg = reduce_mean(weight.sum()).clamp(min=1.0)
         loss_box = giou_loss_weighted(pos_pred_box, pos_target, weight).sum() / weight_avg
