@@ -5,10 +5,12 @@ import torch
 
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["AtomicCheckpointer"]
+__all__ = ["AtomicCheckpointer", "atomic_write"]
 
 
-def _atomic_write(path: str, write, mode: str) -> None:
+def atomic_write(path: str, write, mode: str = "wb") -> None:
+    """Call `write(f)` on a temporary file next to `path`, then rename it to `path`: the file
+    appears whole or not at all."""
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
         with open(tmp, mode) as f:
@@ -36,11 +38,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f), "wb")
+        atomic_write(path, lambda f: torch.save(data, f), "wb")
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
         if "://" in self.save_dir:
             return super().tag_last_checkpoint(last_filename_basename)
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename), "w")
+        atomic_write(path, lambda f: f.write(last_filename_basename), "w")

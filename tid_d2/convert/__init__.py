@@ -3,6 +3,7 @@ from .mmdet import (
     convert_mmdet_checkpoint,
     convert_mmdet_state_dict,
     mmdet_architecture,
+    mmdet_num_classes,
     mmdet_resnet_depth,
     read_mmdet_state_dict,
 )
@@ -11,6 +12,7 @@ __all__ = [
     "convert_mmdet_checkpoint",
     "convert_mmdet_state_dict",
     "mmdet_architecture",
+    "mmdet_num_classes",
     "mmdet_resnet_depth",
     "read_mmdet_state_dict",
 ]

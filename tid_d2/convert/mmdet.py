@@ -13,10 +13,13 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
+from ..checkpoint import atomic_write
+
 __all__ = [
     "convert_mmdet_checkpoint",
     "convert_mmdet_state_dict",
     "mmdet_architecture",
+    "mmdet_num_classes",
     "mmdet_resnet_depth",
     "read_mmdet_state_dict",
 ]
@@ -117,14 +120,22 @@ def read_mmdet_state_dict(path: str, trust_pickle: bool = False) -> StateDict:
     only for files from a trusted source).
     """
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+        with open(path, "rb") as f:
+            magic = f.read(2)
     except FileNotFoundError:
         raise FileNotFoundError(f"mmdetection checkpoint not found: {path}") from None
+    if magic != b"PK" and magic[:1] != b"\x80":  # torch's zip format, or its legacy pickle
+        raise ValueError(
+            f"{path} cannot be read as a torch checkpoint: it is neither a zip nor a pickle file "
+            f"(it starts with {magic!r}; an HTML error page or a truncated download?)"
+        )
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=not trust_pickle)
     except Exception as e:  # torch/pickle/zip raise many types for unreadable files
         hint = (
             " If the file is from a trusted source and its `meta` holds Python objects, rerun with "
             "--trust-pickle."
-            if "weights_only" in str(e)
+            if "Unsupported global" in str(e)
             else " Is it truncated (an interrupted download)?"
         )
         raise ValueError(
@@ -157,13 +168,25 @@ def mmdet_resnet_depth(state: StateDict) -> int:
     return _RESNET_DEPTHS[counts]
 
 
+#: the classification layer of each supported head
+_CLS_KEYS = {"GFL": "bbox_head.gfl_cls.weight", "ATSS": "bbox_head.atss_cls.weight"}
+
+
 def mmdet_architecture(state: StateDict) -> str:
     """"GFL" or "ATSS", from the head's prediction layer names."""
-    if "bbox_head.gfl_cls.weight" in state:
-        return "GFL"
-    if "bbox_head.atss_cls.weight" in state:
-        return "ATSS"
-    raise ValueError("neither a GFL (bbox_head.gfl_cls) nor an ATSS (bbox_head.atss_cls) head")
+    for arch, key in _CLS_KEYS.items():
+        if key in state:
+            return arch
+    heads = sorted({".".join(k.split(".")[:2]) for k in state if "head" in k.split(".")[0]})
+    raise ValueError(
+        "neither a GFL (bbox_head.gfl_cls) nor an ATSS (bbox_head.atss_cls) head; the file's heads: "
+        f"{heads[:5] or 'none'}. Only mmdetection GFL/ATSS ResNet-FPN detectors convert."
+    )
+
+
+def mmdet_num_classes(state: StateDict) -> int:
+    """Number of classes of a GFL/ATSS head (its classification layer's output channels)."""
+    return state[_CLS_KEYS[mmdet_architecture(state)]].shape[0]
 
 
 def convert_mmdet_state_dict(state: StateDict, source: str = "checkpoint") -> Tuple[StateDict, Counter]:
@@ -197,29 +220,39 @@ def convert_mmdet_checkpoint(
     *,
     depth: Optional[int] = None,
     meta_architecture: Optional[str] = None,
+    num_classes: Optional[int] = None,
     trust_pickle: bool = False,
     log: Callable[[str], None] = print,
 ) -> Counter:
     """
     Convert the mmdetection checkpoint `path` and write it to `output` in Detectron2's format.
-    `depth` / `meta_architecture` (the target config's MODEL.RESNETS.DEPTH / META_ARCHITECTURE)
-    are checked against the file when given. Returns the per-part counts.
+    `depth` / `meta_architecture` / `num_classes` (the target config's MODEL.RESNETS.DEPTH,
+    META_ARCHITECTURE and MODEL.<arch>.NUM_CLASSES) are checked against the file when given; the
+    output is written atomically. Returns the per-part counts.
     """
     log(f"reading {path}")
     state = read_mmdet_state_dict(path, trust_pickle=trust_pickle)
     arch, file_depth = mmdet_architecture(state), mmdet_resnet_depth(state)
-    log(f"found {arch} R-{file_depth} FPN, {len(state)} tensors")
+    file_classes = mmdet_num_classes(state)
+    log(f"found {arch} R-{file_depth} FPN, {file_classes} classes, {len(state)} tensors")
     if meta_architecture is not None and meta_architecture != arch:
-        raise ValueError(f"{path} holds an {arch} detector but the config builds {meta_architecture}")
+        raise ValueError(
+            f"{path} holds a {arch} detector but the config builds {meta_architecture}: use a "
+            f"configs/mmdet/{arch}-*.yaml config"
+        )
     if depth is not None and depth != file_depth:
         raise ValueError(
             f"{path} holds a ResNet-{file_depth} backbone but the config has MODEL.RESNETS.DEPTH "
             f"{depth}: use the config of the same depth"
         )
+    if num_classes is not None and num_classes != file_classes:
+        raise ValueError(
+            f"{path} has {file_classes} classes but the config's MODEL.{arch}.NUM_CLASSES is "
+            f"{num_classes}: set MODEL.{arch}.NUM_CLASSES {file_classes} (COCO: 80)"
+        )
     converted, counts = convert_mmdet_state_dict(state, source=path)
-    torch.save(
-        {"model": converted, "__author__": "mmdet->tid_d2", "matching_heuristics": False}, output
-    )
+    data = {"model": converted, "__author__": "mmdet->tid_d2", "matching_heuristics": False}
+    atomic_write(output, lambda f: torch.save(data, f))
     summary = ", ".join(f"{part} {counts[part]}" for part in ("backbone", "neck", "head", "ignored"))
     log(f"wrote {output}: {len(converted)} tensors ({summary})")
     return counts
