@@ -54,7 +54,8 @@ HYPERPARAMETERS = (
     "num_classes", "strides", "head_in_features", "atss_topk", "test_score_thresh",
     "test_topk_candidates", "test_nms_thresh", "max_detections_per_image", "input_format",
     "reg_max", "qfl_beta", "loss_cls_weight", "loss_dfl_weight", "loss_box_weight",
-    "focal_loss_alpha", "focal_loss_gamma", "loss_centerness_weight",
+    "focal_loss_alpha", "focal_loss_gamma", "loss_centerness_weight", "test_clip_boxes",
+    "ignore_batch_padding", "test_score_mode",
 )
 
 
@@ -139,6 +140,10 @@ def _lr_multipliers(scheduler, iters):
         ("GFL-R101-2x-ms.yaml", "gfl_r101_2x_ms.py"),
         ("ATSS-R50-1x.yaml", "atss_r50_1x.py"),
         ("ATSS-R101-1x.yaml", "atss_r101_1x.py"),
+        ("mmdet/GFL-R50-1x.yaml", "mmdet/gfl_r50_1x.py"),
+        ("mmdet/GFL-R101-2x-ms.yaml", "mmdet/gfl_r101_2x_ms.py"),
+        ("mmdet/ATSS-R50-1x.yaml", "mmdet/atss_r50_1x.py"),
+        ("mmdet/ATSS-R101-1x.yaml", "mmdet/atss_r101_1x.py"),
     ],
 )
 def test_yaml_and_lazy_share_the_training_recipe(yaml_file, lazy_name):
@@ -185,11 +190,16 @@ def test_yaml_and_lazy_share_the_training_recipe(yaml_file, lazy_name):
 
 @pytest.mark.parametrize(
     "lazy_name, yaml_file, cls",
-    [("gfl_r50_1x.py", "GFL-R50-1x.yaml", GFL), ("atss_r50_1x.py", "ATSS-R50-1x.yaml", ATSS)],
+    [
+        ("gfl_r50_1x.py", "GFL-R50-1x.yaml", GFL),
+        ("atss_r50_1x.py", "ATSS-R50-1x.yaml", ATSS),
+        ("mmdet/gfl_r50_1x.py", "mmdet/GFL-R50-1x.yaml", GFL),
+        ("mmdet/atss_r50_1x.py", "mmdet/ATSS-R50-1x.yaml", ATSS),
+    ],
 )
 def test_full_size_lazy_configs_build_the_yaml_models(lazy_name, yaml_file, cls):
     lz = load_lazy(lazy_name)
-    assert lz.train.init_checkpoint.endswith("R-50.pkl")
+    assert lz.train.init_checkpoint.endswith("R-50.pkl" if "mmdet" not in lazy_name else "R50-1x.pth")
     lazy_model = instantiate(lz.model)  # weights are not loaded
     assert type(lazy_model) is cls
     opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
@@ -197,11 +207,31 @@ def test_full_size_lazy_configs_build_the_yaml_models(lazy_name, yaml_file, cls)
     assert_same_model(yaml_model, lazy_model)
 
 
+@pytest.mark.parametrize(
+    "lazy_name, yaml_file",
+    [
+        ("tid_gfl_r50_mmdet_teacher.py", "TID-R50-mmdet-teacher.yaml"),
+        ("tid_atss_r50_mmdet_teacher.py", "TID-ATSS-R50-mmdet-teacher.yaml"),
+    ],
+)
+def test_lazy_mmdet_teacher_configs_match_the_yaml(lazy_name, yaml_file):
+    """An RGB mmdetection-layout teacher and a BGR Detectron2-style student, as the YAML twins."""
+    lz = load_lazy(lazy_name)
+    y = setup_cfg(os.path.join(REPO, "configs", yaml_file))
+    teacher, student = lz.model.teacher.teacher, lz.model.student
+    assert lz.model.teacher.weights == y.MODEL.TEACHER.WEIGHTS
+    assert teacher.input_format == "RGB" and not teacher.backbone.bottom_up.stages.stride_in_1x1
+    assert teacher.backbone.bottom_up.stages.depth == 101
+    assert student.input_format == y.INPUT.FORMAT == lz.dataloader.train.mapper.image_format == "BGR"
+    assert lz.model.distillers.methods == list(y.MODEL.DISTILL.METHODS)
+    assert lz.train.output_dir == y.OUTPUT_DIR
+
+
 def test_r101_lazy_configs_are_r101():
-    for name in ("gfl_r101_2x_ms.py", "atss_r101_1x.py"):
+    for name in ("gfl_r101_2x_ms.py", "atss_r101_1x.py", "mmdet/gfl_r101_2x_ms.py", "mmdet/atss_r101_1x.py"):
         lz = load_lazy(name)
         assert lz.model.backbone.bottom_up.stages.depth == 101
-        assert lz.train.init_checkpoint.endswith("R-101.pkl")
+        assert lz.train.init_checkpoint.endswith("R-101.pkl" if "mmdet" not in name else ".pth")
 
 
 def run_script(script: str, args, tiny_shapes, cwd) -> str:

@@ -1,5 +1,6 @@
-"""mmdetection's own GFL/ATSS R-50 FPN (3.3.0, random weights), converted with
-`tid_d2.convert.mmdet`, give the same per-level outputs in the models of `configs/mmdet/`."""
+"""mmdetection's own GFL/ATSS R-50/R-101 FPN (3.3.0, random weights), converted with
+`tid_d2.convert.mmdet`, give the same per-level outputs, detections and training losses in the
+models of `configs/mmdet/`."""
 import os
 import types
 
@@ -17,24 +18,33 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_CLASSES = 4
 
 
-@pytest.fixture(scope="module", params=["GFL", "ATSS"])
+#: (detector, ResNet depth, its configs/mmdet/ file)
+MODELS_COMPARED = [
+    ("GFL", 50, "GFL-R50-1x"),
+    ("ATSS", 50, "ATSS-R50-1x"),
+    ("GFL", 101, "GFL-R101-2x-ms"),
+    ("ATSS", 101, "ATSS-R101-1x"),
+]
+
+
+@pytest.fixture(scope="module", params=MODELS_COMPARED, ids=[m[2] for m in MODELS_COMPARED])
 def converted(request, tmp_path_factory):
     """(arch, mmdetection model, our model) holding the same random weights."""
-    arch = request.param
+    arch, depth, config = request.param
     MODELS, ConfigDict = import_mmdet()
     torch.manual_seed(0)
-    ref = MODELS.build(ConfigDict(mmdet_model_cfg(arch, NUM_CLASSES)))
+    ref = MODELS.build(ConfigDict(mmdet_model_cfg(arch, NUM_CLASSES, depth)))
     ref.init_weights()
     perturb(ref, torch.Generator().manual_seed(1))
     ref.eval()
-    out = tmp_path_factory.mktemp(f"mmdet_{arch}")
+    out = tmp_path_factory.mktemp(f"mmdet_{config}")
     src, dst = str(out / "mmdet.pth"), str(out / "converted.pth")
     torch.save({"state_dict": ref.state_dict(), "meta": {}}, src)
     cfg = setup_cfg(
-        os.path.join(REPO, "configs", "mmdet", f"{arch}-R50-1x.yaml"),
+        os.path.join(REPO, "configs", "mmdet", f"{config}.yaml"),
         ["MODEL.DEVICE", "cpu", f"MODEL.{arch}.NUM_CLASSES", str(NUM_CLASSES), "MODEL.WEIGHTS", ""],
     )
-    convert_mmdet_checkpoint(src, dst, depth=50, meta_architecture=arch, log=lambda s: None)
+    convert_mmdet_checkpoint(src, dst, depth=depth, meta_architecture=arch, log=lambda s: None)
     ours = build_eval_model(cfg, dst)  # the --eval-only load: strict
     return arch, ref, ours, cfg
 
