@@ -18,9 +18,9 @@ from detectron2.engine import SimpleTrainer
 
 from tid_d2.data.dataset_report import DROPPED_BOX_WARN_FRACTION, report_datasets
 from tid_d2.engine import TIDTrainer
-from tid_d2.engine.progress import ProgressHook
+from tid_d2.engine.progress import ProgressHook, draws_a_bar
 
-from conftest import quickstart_cfg
+from conftest import REPO, quickstart_cfg
 from test_benchmark import _load_tool
 
 SIZE = 64  # side of the test images
@@ -174,3 +174,32 @@ def test_stability_slice(tmp_path, tiny_shapes, capsys):
     again = tool.main(argv)
     assert [c["cached"] for c in again["cells"]] == [True, True, True]
     assert math.isfinite(again["teachers"]["GFL/2"]["AP"])
+
+
+def test_a_bar_is_drawn_only_on_a_terminal_with_columns(monkeypatch):
+    """A file or pipe gets lines; a TTY reporting 0 columns (some CI pseudo-terminals) too."""
+    assert not draws_a_bar(io.StringIO())
+
+    class FakeTTY(io.StringIO):
+        def isatty(self):
+            return True
+
+        def fileno(self):
+            return 99
+
+    for columns, expected in ((0, False), (120, True)):
+        monkeypatch.setattr(os, "get_terminal_size", lambda fd, c=columns: os.terminal_size((c, 24)))
+        assert draws_a_bar(FakeTTY()) is expected
+
+
+@pytest.mark.parametrize("iters, steps", [(4, "(3,)"), (2, "(1,)"), (1, "()"), (100, "(75, 92)")])
+def test_demo_schedule_is_valid_for_short_runs(iters, steps):
+    """tools/run_demo.py --iters N: LR steps strictly increasing and inside the run (N=4 used to
+    give (3, 3), which Detectron2's scheduler refuses)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
+    run_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_demo)
+    opts = run_demo.schedule(iters)
+    assert opts[opts.index("SOLVER.STEPS") + 1] == steps

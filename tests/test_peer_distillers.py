@@ -1,6 +1,7 @@
 """The peer distillers (FitNet, FGD, PKD, CWD, LD) on hand-made DenseOutputs: 2 levels, 3 classes,
 8 channels, 2 images of 64x64."""
 import math
+import re
 
 import pytest
 import torch
@@ -364,3 +365,22 @@ def test_ld_falls_back_to_teacher_iou_without_pos_mask():
     student.pos_thresholds = [t[:0] for t in student.pos_thresholds]
     empty = ld(teacher, student, make_targets((0, 0)))
     assert all(v.item() == 0 for v in empty.values())
+
+
+@pytest.mark.parametrize(
+    "name, key",
+    [
+        ("FITNET", "FITNET.LOSS_WEIGHT"),
+        ("PKD", "PKD.LOSS_WEIGHT"),
+        ("CWD", "CWD.LOSS_WEIGHT"),
+        ("FGD", "FGD.ALPHA"),
+        ("FGD", "FGD.LAMBDA"),
+        ("LD", "LD.LOSS_WEIGHT"),
+        ("LD", "LD.VLR_WEIGHT"),
+    ],
+)
+def test_negative_loss_weights_are_named_errors(name, key):
+    pattern = re.escape(f"MODEL.DISTILL.{key} must be >= 0") + ".* got -1"
+    with pytest.raises(ValueError, match=pattern):
+        build(name, **{key: -1.0})
+    build(name, **{key: 0.0})  # zero switches the term off and is allowed

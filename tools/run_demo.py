@@ -34,7 +34,8 @@ def schedule(iters):
     """Overrides for a shorter/longer run with the quickstart LR shape (drops at 75% and 92%)."""
     if iters is None:
         return []
-    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", f"({int(iters * 0.75)}, {int(iters * 0.92)})",
+    steps = sorted({s for s in (int(iters * 0.75), int(iters * 0.92)) if 0 < s < iters})
+    return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", str(tuple(steps)),
             "SOLVER.CHECKPOINT_PERIOD", str(max(iters // 3, 1))]
 
 

@@ -5,7 +5,7 @@ import torch
 from detectron2.config import configurable
 from torch import nn
 
-from .base import Distiller, distiller_base_config
+from .base import Distiller, check_loss_weights, distiller_base_config
 
 __all__ = ["ADAPTER_MODES", "AdaptedFeatureDistiller", "build_adapter"]
 
@@ -60,6 +60,7 @@ class AdaptedFeatureDistiller(Distiller):
             base: the `Distiller` arguments.
         """
         super().__init__(**base)
+        check_loss_weights(f"MODEL.DISTILL.{self.name.upper()}", LOSS_WEIGHT=loss_weight)
         self.adapter = adapter
         self.loss_weight = loss_weight
 

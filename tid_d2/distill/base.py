@@ -15,6 +15,7 @@ __all__ = [
     "DISTILLER_REGISTRY",
     "Distiller",
     "build_distillers",
+    "check_loss_weights",
     "current_storage",
     "distiller_base_config",
     "distiller_dict",
@@ -27,6 +28,17 @@ DISTILLER_REGISTRY.__doc__ = """
 Registry for distillation methods. A registered class is built as `cls(cfg, teacher_channels,
 student_channels)` and is an `nn.Module` (it may own trainable adapters, which train with the student).
 """
+
+
+def check_loss_weights(prefix: str, **weights: float) -> None:
+    """Every loss weight `prefix.KEY` must be >= 0: a negative one rewards the student for moving
+    away from the teacher, and the total loss then has no lower bound."""
+    for key, v in weights.items():
+        if not v >= 0:
+            raise ValueError(
+                f"{prefix}.{key} must be >= 0 (a negative weight pushes the student away from the "
+                f"teacher), got {v}"
+            )
 
 
 def warmup_factor(it: int, warmup_iters: int) -> float:

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ..structures import DenseOutputs
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
 from .helpers import feature_pairs
 
 __all__ = ["FGD", "GlobalContext", "attention_maps", "box_masks", "num_fpn_levels"]
@@ -156,6 +156,7 @@ class FGD(Distiller):
             raise ValueError("FGD needs one adapter and two context modules per level")
         if temperature <= 0:
             raise ValueError(f"MODEL.DISTILL.FGD.TEMPERATURE must be > 0, got {temperature}")
+        check_loss_weights("MODEL.DISTILL.FGD", ALPHA=alpha, BETA=beta, GAMMA=gamma, LAMBDA=lambda_)
         self.adapters = adapters
         self.student_context = student_context
         self.teacher_context = teacher_context

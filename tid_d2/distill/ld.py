@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs, batched_iou
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
 from .helpers import pad_targets
 
 __all__ = ["LD", "batched_diou", "side_kl"]
@@ -86,6 +86,7 @@ class LD(Distiller):
         super().__init__(**base)
         if tau <= 0:
             raise ValueError(f"MODEL.DISTILL.LD.TAU must be > 0, got {tau}")
+        check_loss_weights("MODEL.DISTILL.LD", LOSS_WEIGHT=loss_weight, VLR_WEIGHT=vlr_weight)
         self.tau = tau
         self.loss_weight = loss_weight
         self.vlr_weight = vlr_weight

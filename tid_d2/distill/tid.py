@@ -21,7 +21,7 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs, batched_iou
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, distiller_base_config
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
 from .helpers import pad_targets
 from .tid_visualization import tid_area_sheet_for_tensorboard
 
@@ -343,14 +343,7 @@ class TID(Distiller):
             raise ValueError(
                 f"MODEL.TID.CLS_TAU_BG <= CLS_TAU must hold in [0, 1], got {cls_tau_bg} / {cls_tau}"
             )
-        for key, v in (
-            ("ALPHA", alpha),
-            ("BETA", beta),
-            ("GAMMA", gamma),
-            ("LOSS_WEIGHT", loss_weight),
-        ):
-            if v < 0:
-                raise ValueError(f"MODEL.TID.{key} must be >= 0, got {v}")
+        check_loss_weights("MODEL.TID", ALPHA=alpha, BETA=beta, GAMMA=gamma, LOSS_WEIGHT=loss_weight)
         self.teacher_channels = teacher_channels
         self.student_channels = student_channels
         self.adapter = build_adapter(adapter, student_channels, teacher_channels)

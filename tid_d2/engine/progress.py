@@ -1,6 +1,7 @@
 """`ProgressHook`: a live progress bar of a training run, and one summary line when it ends."""
 import logging
 import math
+import os
 import sys
 import time
 from typing import Callable, Optional, TextIO
@@ -10,7 +11,7 @@ from tqdm import tqdm
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
-__all__ = ["ProgressHook", "PROGRESS_LINE_PERCENT"]
+__all__ = ["ProgressHook", "PROGRESS_LINE_PERCENT", "draws_a_bar"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,17 @@ def _latest_loss(storage) -> Optional[float]:
 def _fmt_seconds(s: float) -> str:
     s = int(round(s))
     return f"{s // 3600}:{s // 60 % 60:02d}:{s % 60:02d}"
+
+
+def draws_a_bar(file: TextIO) -> bool:
+    """Whether `file` is a terminal a bar can be drawn on: a TTY with a non-zero width (a TTY of
+    zero columns, e.g. some CI runners' pseudo-terminals, would show nothing: lines instead)."""
+    if not getattr(file, "isatty", lambda: False)():
+        return False
+    try:
+        return os.get_terminal_size(file.fileno()).columns > 0
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 class ProgressHook(HookBase):
@@ -70,7 +82,7 @@ class ProgressHook(HookBase):
             return
         self.file = self.file or sys.stderr
         if self.interactive is None:
-            self.interactive = bool(getattr(self.file, "isatty", lambda: False)())
+            self.interactive = draws_a_bar(self.file)
         self._start_iter = self.trainer.start_iter
         self._total = max(self.trainer.max_iter - self._start_iter, 1)
         self._start = self.clock()
