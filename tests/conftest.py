@@ -32,23 +32,27 @@ def tiny_shapes(tmp_path_factory):
     return TINY_TRAIN, TINY_VAL
 
 
-def quickstart_cfg(name: str, *opts, freeze: bool = True):
-    """A quickstart config (configs/quickstart/<name>.yaml) shrunk for tests: tiny images, 2 images
-    per batch, a handful of iterations, the tiny dataset."""
-    base = [
-        "DATASETS.TRAIN", f"('{TINY_TRAIN}',)",
-        "DATASETS.TEST", f"('{TINY_VAL}',)",
+def tiny_run_opts(train: str = TINY_TRAIN, val: str = TINY_VAL) -> list:
+    """Config overrides of a test-sized run: the tiny datasets, 128-192 px images, 2 images per
+    batch, no warm-up or LR steps, no loader workers."""
+    return [
+        "DATASETS.TRAIN", f"('{train}',)",
+        "DATASETS.TEST", f"('{val}',)",
         "INPUT.MIN_SIZE_TRAIN", "(128,)",
         "INPUT.MAX_SIZE_TRAIN", "192",
         "INPUT.MIN_SIZE_TEST", "128",
         "INPUT.MAX_SIZE_TEST", "192",
         "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.MAX_ITER", "4",
         "SOLVER.WARMUP_ITERS", "0",
         "SOLVER.STEPS", "()",
         "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.DEVICE", "cpu",
     ]
+
+
+def quickstart_cfg(name: str, *opts, freeze: bool = True):
+    """A quickstart config (configs/quickstart/<name>.yaml) shrunk for tests: `tiny_run_opts`, a
+    handful of iterations, on the CPU."""
+    base = tiny_run_opts() + ["SOLVER.MAX_ITER", "4", "MODEL.DEVICE", "cpu"]
     return setup_cfg(os.path.join(REPO, "configs", "quickstart", f"{name}.yaml"), base + list(opts), freeze)
 
 

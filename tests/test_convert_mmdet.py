@@ -12,7 +12,7 @@ import torch
 from detectron2.modeling import build_model
 
 from _mmdet_ref import import_mmdet, mmdet_model_cfg, perturb
-from conftest import REPO
+from conftest import REPO, tiny_run_opts
 from test_lazy_config import copypaste_numbers, run_script
 from tid_d2.engine.defaults import setup_cfg
 
@@ -209,21 +209,7 @@ def test_main_exits_with_the_message(mmdet_gfl, capsys):
 
 
 def _tiny_run_args(tiny_shapes, out):
-    train_name, val_name = tiny_shapes
-    return [
-        "DATASETS.TRAIN", f"('{train_name}',)",
-        "DATASETS.TEST", f"('{val_name}',)",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)",
-        "INPUT.MAX_SIZE_TRAIN", "192",
-        "INPUT.MIN_SIZE_TEST", "128",
-        "INPUT.MAX_SIZE_TEST", "192",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.STEPS", "()",
-        "DATALOADER.NUM_WORKERS", "0",
-        "MODEL.DEVICE", "cpu",
-        "OUTPUT_DIR", str(out),
-    ]
+    return [*tiny_run_opts(*tiny_shapes), "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
 
 
 @pytest.fixture(scope="module")

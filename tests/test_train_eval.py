@@ -12,7 +12,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.utils.events import EventStorage
 
-from conftest import REPO, quickstart_cfg
+from conftest import REPO, quickstart_cfg, tiny_run_opts
 from test_lazy_config import copypaste_numbers, run_script
 from tid_d2.data import register_shapes
 from tid_d2.engine import TIDTrainer
@@ -109,17 +109,8 @@ def test_train_net_trains_evaluates_and_resumes(tiny_shapes, tmp_path):
     out = tmp_path / "out"
     args = [
         "--config-file", os.path.join(REPO, "configs", "quickstart", "GFL-student.yaml"),
-        "DATASETS.TRAIN", f"('{train_name}',)",
-        "DATASETS.TEST", f"('{val_name}',)",
-        "INPUT.MIN_SIZE_TRAIN", "(128,)",
-        "INPUT.MAX_SIZE_TRAIN", "192",
-        "INPUT.MIN_SIZE_TEST", "128",
-        "INPUT.MAX_SIZE_TEST", "192",
-        "SOLVER.IMS_PER_BATCH", "2",
-        "SOLVER.WARMUP_ITERS", "0",
-        "SOLVER.STEPS", "()",
+        *tiny_run_opts(train_name, val_name),
         "SOLVER.CHECKPOINT_PERIOD", "2",
-        "DATALOADER.NUM_WORKERS", "0",
         "MODEL.GFL.SCORE_THRESH_TEST", "0.0",  # an untrained model still yields detections
         "OUTPUT_DIR", str(out),
     ]

@@ -205,7 +205,7 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
                 valid = valid_anchor_mask(
                     anchors, self.strides, inst.image_size, self.backbone.size_divisibility
                 )
-                per_level = [int(n) for n in torch.stack([v.sum() for v in valid.split(num_per_level)])]
+                per_level = torch.stack([v.sum() for v in valid.split(num_per_level)]).tolist()
                 valid_idx, thr = atss_assign(all_anchors[valid], per_level, gt, topk=self.atss_topk)
                 idx = torch.full((len(all_anchors),), -1, dtype=torch.long, device=gt.device)
                 idx[valid] = valid_idx
