@@ -90,6 +90,12 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
     _C.MODEL.DISTILL.LOG_PERIOD = 20  # iterations between two writes of each method's diagnostics
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
+    # "teacher_rms": feature methods compare teacher and student FPN features divided by the RMS of
+    # the teacher's level (scale-free losses); "none": the raw features.
+    _C.MODEL.DISTILL.FEATURE_NORM = "none"
+    # bound on the joint L2 gradient norm of all trainable parameters at every distillation step
+    # (torch clip_grad_norm_, as mmdetection's grad_clip max_norm 35); 0: no clipping.
+    _C.MODEL.DISTILL.MAX_GRAD_NORM = 35.0
 
     # FitNet-style feature imitation: MSE over all locations and channels of all FPN levels.
     _C.MODEL.DISTILL.FITNET = CN()

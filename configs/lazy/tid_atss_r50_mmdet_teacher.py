@@ -11,4 +11,4 @@ from .mmdet.atss_r101_1x import model as teacher
 
 model = teacher_student(student, teacher, "output/mmdet/ATSS-R101-1x.pth", methods=["TID"], warmup_iters=0)
 train.output_dir = "output/TID-ATSS-mmdetR101-R50-1x"
-train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER
+train.distill = dict(eval_teacher=False, max_grad_norm=35.0)  # TEST.EVAL_TEACHER, MODEL.DISTILL.MAX_GRAD_NORM

@@ -15,4 +15,4 @@ model = teacher_student(
 )
 train.output_dir = "output/TID-GFL-R101-R50-1x"
 # train.init_checkpoint goes into the student
-train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER
+train.distill = dict(eval_teacher=False, max_grad_norm=35.0)  # TEST.EVAL_TEACHER, MODEL.DISTILL.MAX_GRAD_NORM

@@ -11,4 +11,4 @@ from .mmdet.gfl_r101_2x_ms import model as teacher
 
 model = teacher_student(student, teacher, "output/mmdet/GFL-R101-2x-ms.pth", methods=["TID"], warmup_iters=0)
 train.output_dir = "output/TID-GFL-mmdetR101-R50-1x"
-train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER
+train.distill = dict(eval_teacher=False, max_grad_norm=35.0)  # TEST.EVAL_TEACHER, MODEL.DISTILL.MAX_GRAD_NORM

@@ -10,6 +10,7 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from ..structures import DenseOutputs
+from .helpers import FEATURE_NORMS
 
 __all__ = [
     "DISTILLER_REGISTRY",
@@ -72,11 +73,13 @@ class Distiller(nn.Module):
     #: whether the method needs `DenseOutputs.box_logits` (GFL distributions); checked at build time.
     needs_box_distributions: bool = False
 
-    def __init__(self, *, warmup_iters: int = 0, log_period: int = 20):
+    def __init__(self, *, warmup_iters: int = 0, log_period: int = 20, feature_norm: str = "none"):
         """
         Args:
             warmup_iters: MODEL.DISTILL.WARMUP_ITERS (0: full weight from the first iteration).
             log_period: MODEL.DISTILL.LOG_PERIOD, iterations between two diagnostics writes.
+            feature_norm: MODEL.DISTILL.FEATURE_NORM, the scale on which a method compares FPN
+                features (`helpers.normalize_feature_pairs`); pass it to `feature_pairs`.
         """
         super().__init__()
         if warmup_iters < 0 or log_period < 1:
@@ -84,8 +87,13 @@ class Distiller(nn.Module):
                 f"{type(self).__name__}: warmup_iters must be >= 0 and log_period >= 1, got "
                 f"{warmup_iters} / {log_period}"
             )
+        if feature_norm not in FEATURE_NORMS:
+            raise ValueError(
+                f"MODEL.DISTILL.FEATURE_NORM must be one of {FEATURE_NORMS}, got '{feature_norm}'"
+            )
         self.warmup_iters = int(warmup_iters)
         self.log_period = int(log_period)
+        self.feature_norm = feature_norm
         self.diagnostics: Dict[str, Tensor] = {}
 
     def losses(
@@ -143,6 +151,7 @@ def distiller_base_config(cfg) -> Dict:
     return {
         "warmup_iters": cfg.MODEL.DISTILL.WARMUP_ITERS,
         "log_period": cfg.MODEL.DISTILL.LOG_PERIOD,
+        "feature_norm": cfg.MODEL.DISTILL.FEATURE_NORM,
     }
 
 
@@ -173,12 +182,13 @@ def distillers_builder(methods: Sequence[str] = ("TID",), **method_args):
     """
     For LazyConfig: a function (teacher_channels, student_channels) -> distillers that
     `TeacherStudent` calls with its models' channels. Methods start from their config defaults
-    (MODEL.DISTILL.*, MODEL.TID.*); `method_args` are the shared `warmup_iters` / `log_period` and
+    (MODEL.DISTILL.*, MODEL.TID.*); `method_args` are the shared `warmup_iters` / `log_period` /
+    `feature_norm` and
     per-method overrides by lower-case name, e.g. `tid=dict(alpha=1.0)`.
     """
     from ..config import add_tid_config
 
-    base = {k: method_args.pop(k) for k in ("warmup_iters", "log_period") if k in method_args}
+    base = {k: method_args.pop(k) for k in ("warmup_iters", "log_period", "feature_norm") if k in method_args}
     names = [m.lower() for m in methods]
     per_method = {m: {**base, **method_args.get(m, {})} for m in names}
     unknown = sorted(set(method_args) - set(names))

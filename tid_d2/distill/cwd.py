@@ -52,6 +52,6 @@ class CWD(AdaptedFeatureDistiller):
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        pairs = feature_pairs(teacher, student, self.adapter, "CWD")
+        pairs = feature_pairs(teacher, student, self.adapter, "CWD", norm=self.feature_norm)
         per_level = torch.stack([channel_wise_kl(s, t, self.tau) for t, s in pairs])
         return {"": per_level.sum() * self.loss_weight}, {"cwd_per_level": per_level}

@@ -195,7 +195,7 @@ class FGD(Distiller):
                 f"FGD: got {len(targets)} target Instances for a batch of "
                 f"{student.features[0].shape[0]} images"
             )
-        pairs = feature_pairs(teacher, student, self.adapters, "FGD")
+        pairs = feature_pairs(teacher, student, self.adapters, "FGD", norm=self.feature_norm)
         terms = {k: [] for k in self.weights}
         for level, (t, s) in enumerate(pairs):
             n = t.shape[0]

@@ -27,7 +27,7 @@ class FITNET(AdaptedFeatureDistiller):
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        pairs = feature_pairs(teacher, student, self.adapter, "FITNET")
+        pairs = feature_pairs(teacher, student, self.adapter, "FITNET", norm=self.feature_norm)
         sums = torch.stack([F.mse_loss(s, t, reduction="sum") for t, s in pairs])
         numel = sum(t.numel() for t, _ in pairs)
         loss = sums.sum() / max(numel, 1)

@@ -9,7 +9,10 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs
 
-__all__ = ["feature_pairs", "pad_targets"]
+__all__ = ["FEATURE_NORMS", "feature_pairs", "normalize_feature_pairs", "pad_targets"]
+
+#: values of MODEL.DISTILL.FEATURE_NORM
+FEATURE_NORMS = ("none", "teacher_rms")
 
 
 def feature_pairs(
@@ -18,6 +21,7 @@ def feature_pairs(
     adapter,
     method: str,
     resize_student: bool = False,
+    norm: str = "none",
 ) -> List[Tuple[Tensor, Tensor]]:
     """
     Pair the FPN features of teacher and student level by level.
@@ -27,6 +31,7 @@ def feature_pairs(
         method: the distiller's name, for error messages.
         resize_student: bilinearly resize student maps whose size differs from the teacher's
             (PKD does); otherwise a size mismatch is an error.
+        norm: MODEL.DISTILL.FEATURE_NORM, applied to every pair (`normalize_feature_pairs`).
 
     Returns:
         L pairs (t, s): t [N, Ct, Hl, Wl] detached teacher features; s [N, Ct, Hl, Wl] student
@@ -60,7 +65,27 @@ def feature_pairs(
                 )
             s = F.interpolate(s, size=t.shape[-2:], mode="bilinear", align_corners=False)
         pairs.append((t.detach(), s))
-    return pairs
+    return normalize_feature_pairs(pairs, norm)
+
+
+def normalize_feature_pairs(pairs: List[Tuple[Tensor, Tensor]], mode: str) -> List[Tuple[Tensor, Tensor]]:
+    """
+    Put the (teacher, adapted student) features of each level on the teacher's scale.
+
+    "teacher_rms": both maps of a level divided by the root mean square of the teacher's map over
+    the batch (detached), so a squared error becomes the error relative to the teacher's feature
+    energy: its size, and the pull it puts on the student, no longer grow with the teacher's
+    feature magnitude (a barely trained teacher's can be 10x a converged one's). "none": unchanged.
+    """
+    if mode not in FEATURE_NORMS:
+        raise ValueError(f"MODEL.DISTILL.FEATURE_NORM must be one of {FEATURE_NORMS}, got '{mode}'")
+    if mode == "none":
+        return list(pairs)
+    out = []
+    for t, s in pairs:
+        rms = t.detach().float().pow(2).mean().sqrt().clamp(min=1e-6)
+        out.append((t / rms, s / rms))
+    return out
 
 
 def pad_targets(targets: List[Instances], device) -> Tuple[Tensor, Tensor, Tensor]:

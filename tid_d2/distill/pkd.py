@@ -39,7 +39,9 @@ class PKD(AdaptedFeatureDistiller):
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        pairs = feature_pairs(teacher, student, self.adapter, "PKD", resize_student=True)
+        pairs = feature_pairs(
+            teacher, student, self.adapter, "PKD", resize_student=True, norm=self.feature_norm
+        )
         per_level = torch.stack(
             [F.mse_loss(standardize_channels(s), standardize_channels(t)) / 2 for t, s in pairs]
         )

@@ -22,7 +22,7 @@ from torch.nn.utils.rnn import pad_sequence
 from ..structures import DenseOutputs, batched_iou
 from .adapters import build_adapter
 from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
-from .helpers import pad_targets
+from .helpers import feature_pairs, pad_targets
 from .tid_visualization import tid_area_sheet_for_tensorboard
 
 __all__ = ["TID", "check_same_batch_layout", "diem_scores", "ldam_areas", "sfdm_loss"]
@@ -486,8 +486,8 @@ class TID(Distiller):
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         s = self.compute_scores(teacher, student, targets)
-        feats_t = [f.detach() for f in teacher.features]
-        feats_s = [self.adapter(f) for f in student.features]
+        pairs = feature_pairs(teacher, student, self.adapter, "TID", norm=self.feature_norm)
+        feats_t, feats_s = [t for t, _ in pairs], [f for _, f in pairs]
         l_key, l_weak, l_other = sfdm_loss(
             feats_t,
             feats_s,

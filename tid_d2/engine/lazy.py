@@ -29,7 +29,9 @@ logger = logging.getLogger("detectron2")
 #: what a config needs for training; evaluation needs model, dataloader.test/evaluator and train
 REQUIRED_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
 #: the keys of train.distill
-DISTILL_KEYS = ("eval_teacher",)
+DISTILL_KEYS = ("eval_teacher", "max_grad_norm")
+#: train.distill.max_grad_norm when a TeacherStudent config leaves it out (MODEL.DISTILL.MAX_GRAD_NORM)
+DEFAULT_MAX_GRAD_NORM = 35.0
 
 
 def check_config(cfg, config_file: str, eval_only: bool) -> None:
@@ -61,6 +63,17 @@ def resolve_device(cfg) -> str:
         device = cfg.train.device = "cpu"
     check_amp_device(cfg.train.amp.enabled, device, key="train.amp.enabled")
     return device
+
+
+def _max_grad_norm(cfg, model):
+    """train.distill.max_grad_norm of a TeacherStudent (default DEFAULT_MAX_GRAD_NORM; 0 or None:
+    no clipping); None for a plain detector."""
+    if not isinstance(model, TeacherStudent):
+        return None
+    value = (cfg.train.get("distill", {}) or {}).get("max_grad_norm", DEFAULT_MAX_GRAD_NORM)
+    if value is not None and value < 0:
+        raise ValueError(f"train.distill.max_grad_norm must be >= 0 (0: no clipping), got {value}")
+    return float(value) if value else None
 
 
 def _dataset_names(loader_cfg):
@@ -112,7 +125,9 @@ def build_lazy_trainer(cfg, resume: bool):
         train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)
-    trainer = build_step_trainer(model, train_loader, optim, cfg.train.amp.enabled)
+    trainer = build_step_trainer(
+        model, train_loader, optim, cfg.train.amp.enabled, _max_grad_norm(cfg, unwrap(model))
+    )
     checkpointer = AtomicCheckpointer(model, cfg.train.output_dir, trainer=trainer)
     eval_teacher = (cfg.train.get("distill", {}) or {}).get("eval_teacher", False)
     trainer.register_hooks(

@@ -1,9 +1,11 @@
-"""Detectron2's SimpleTrainer and AMPTrainer that stop on a NaN/Inf loss, naming it and the iteration."""
-from typing import Mapping
+"""Detectron2's SimpleTrainer and AMPTrainer that stop on a NaN/Inf loss, naming it and the iteration,
+and may clip the gradient norm of the whole model."""
+from typing import Mapping, Optional
 
 import torch
 
 from detectron2.engine import AMPTrainer, SimpleTrainer
+from detectron2.utils.events import get_event_storage
 
 __all__ = ["FiniteLossAMPTrainer", "FiniteLossSimpleTrainer", "build_step_trainer", "check_finite_losses"]
 
@@ -30,7 +32,23 @@ def check_finite_losses(
 
 class _FiniteLossMixin:
     """Checks the losses of every iteration (before the optimizer step) with `check_finite_losses`;
-    a FloatingPointError raised inside the step (e.g. by the GIoU loss) gets the iteration added."""
+    a FloatingPointError raised inside the step (e.g. by the GIoU loss) gets the iteration added.
+    With `max_grad_norm` set, the gradients of all parameters are scaled after the backward pass so
+    that their joint L2 norm is at most that value (`torch.nn.utils.clip_grad_norm_`); the norm
+    before clipping is logged as "grad_norm" and "grad_clipped" is 1 at a clipped step."""
+
+    max_grad_norm: Optional[float] = None
+
+    def after_backward(self):
+        if self.max_grad_norm is not None:
+            if isinstance(self, AMPTrainer):
+                self.grad_scaler.unscale_(self.optimizer)
+            params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
+            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            storage = get_event_storage()
+            storage.put_scalar("grad_norm", float(norm))
+            storage.put_scalar("grad_clipped", float(norm > self.max_grad_norm), smoothing_hint=False)
+        super().after_backward()
 
     def run_step(self):
         try:
@@ -53,6 +71,16 @@ class FiniteLossAMPTrainer(_FiniteLossMixin, AMPTrainer):
     """AMPTrainer that stops on a NaN/Inf loss, naming it."""
 
 
-def build_step_trainer(model, data_loader, optimizer, amp: bool = False) -> SimpleTrainer:
-    """The trainer that runs one iteration (FiniteLossAMPTrainer with `amp`, else FiniteLossSimpleTrainer)."""
-    return (FiniteLossAMPTrainer if amp else FiniteLossSimpleTrainer)(model, data_loader, optimizer)
+def build_step_trainer(
+    model, data_loader, optimizer, amp: bool = False, max_grad_norm: Optional[float] = None
+) -> SimpleTrainer:
+    """
+    The trainer that runs one iteration (FiniteLossAMPTrainer with `amp`, else
+    FiniteLossSimpleTrainer); `max_grad_norm` (> 0, or None for no clipping) bounds the gradient
+    norm of the whole model at every step.
+    """
+    if max_grad_norm is not None and not max_grad_norm > 0:
+        raise ValueError(f"the full-model gradient norm bound must be > 0, got {max_grad_norm}")
+    trainer = (FiniteLossAMPTrainer if amp else FiniteLossSimpleTrainer)(model, data_loader, optimizer)
+    trainer.max_grad_norm = None if max_grad_norm is None else float(max_grad_norm)
+    return trainer

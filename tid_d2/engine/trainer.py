@@ -19,7 +19,18 @@ from .defaults import build_evaluator, check_amp_device, create_ddp_model, resum
 from .hooks import TeacherEvalHook, unwrap
 from .train_loop import build_step_trainer
 
-__all__ = ["TIDTrainer"]
+__all__ = ["TIDTrainer", "distill_max_grad_norm"]
+
+
+def distill_max_grad_norm(cfg):
+    """MODEL.DISTILL.MAX_GRAD_NORM of a TeacherStudent config (None when 0 or not distilling): the
+    bound on the joint gradient norm of all trainable parameters at every step."""
+    if cfg.MODEL.META_ARCHITECTURE != "TeacherStudent":
+        return None
+    value = float(cfg.MODEL.DISTILL.MAX_GRAD_NORM)
+    if value < 0:
+        raise ValueError(f"MODEL.DISTILL.MAX_GRAD_NORM must be >= 0 (0: no clipping), got {value}")
+    return value or None
 
 
 class TIDTrainer(DefaultTrainer):
@@ -36,7 +47,9 @@ class TIDTrainer(DefaultTrainer):
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
         model = create_ddp_model(model, broadcast_buffers=False)
-        self._trainer = build_step_trainer(model, data_loader, optimizer, cfg.SOLVER.AMP.ENABLED)
+        self._trainer = build_step_trainer(
+            model, data_loader, optimizer, cfg.SOLVER.AMP.ENABLED, distill_max_grad_norm(cfg)
+        )
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = AtomicCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
         self.start_iter = 0

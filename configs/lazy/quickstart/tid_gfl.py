@@ -12,4 +12,4 @@ model = teacher_student(
     student, teacher, "output/quickstart/GFL-teacher/model_final.pth", methods=["TID"], warmup_iters=0
 )
 train.output_dir = "output/quickstart/TID-GFL"
-train.distill = dict(eval_teacher=False)  # TEST.EVAL_TEACHER
+train.distill = dict(eval_teacher=False, max_grad_norm=35.0)  # TEST.EVAL_TEACHER, MODEL.DISTILL.MAX_GRAD_NORM
