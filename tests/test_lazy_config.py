@@ -395,6 +395,7 @@ def test_lazy_train_net_distills_and_evaluates_the_student_alone(teachers, tiny_
     for k in ("loss_tid_key", "loss_tid_weak", "loss_tid_other", "loss_gfl_cls"):
         assert math.isfinite(last[k]), k
     assert last["distill/weight"] == 0.5  # (iteration 1 + 1) / warmup_iters 4
+    assert math.isfinite(last["grad_norm"]) and "grad_clipped_steps" in last  # train.distill.max_grad_norm
     assert 0.0 <= last["tid/p3/frac_key"] <= 1.0
     ckpt = torch.load(out / "model_final.pth", weights_only=False)["model"]
     assert "distillers.tid.adapter.weight" in ckpt and not any(k.startswith("teacher") for k in ckpt)
@@ -421,3 +422,20 @@ def test_lazy_config_rejects_unknown_distill_keys(teachers):
         lazy_train_net.check_config(lz, "tid_gfl.py", eval_only=False)
     plain = load_lazy("quickstart/gfl_student.py")
     lazy_train_net.check_config(plain, "gfl_student.py", eval_only=False)
+
+
+def test_lazy_max_grad_norm_follows_the_yaml_default():
+    from tid_d2.engine.lazy import DEFAULT_MAX_GRAD_NORM, _max_grad_norm
+    from tid_d2.modeling.teacher_student import TeacherStudent
+
+    y = setup_cfg(os.path.join(REPO, "configs", "quickstart", "TID-GFL.yaml"))
+    lz = load_lazy("quickstart/tid_gfl.py")
+    assert lz.train.distill.max_grad_norm == DEFAULT_MAX_GRAD_NORM == y.MODEL.DISTILL.MAX_GRAD_NORM
+    ts = TeacherStudent.__new__(TeacherStudent)
+    assert _max_grad_norm(lz, ts) == 35.0
+    assert _max_grad_norm(lz, torch.nn.Linear(1, 1)) is None  # a plain detector: not clipped
+    lz.train.distill.max_grad_norm = 0
+    assert _max_grad_norm(lz, ts) is None
+    lz.train.distill.max_grad_norm = -1.0
+    with pytest.raises(ValueError, match="train.distill.max_grad_norm must be >= 0"):
+        _max_grad_norm(lz, ts)

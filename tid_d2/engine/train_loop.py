@@ -35,9 +35,11 @@ class _FiniteLossMixin:
     a FloatingPointError raised inside the step (e.g. by the GIoU loss) gets the iteration added.
     With `max_grad_norm` set, the gradients of all parameters are scaled after the backward pass so
     that their joint L2 norm is at most that value (`torch.nn.utils.clip_grad_norm_`); the norm
-    before clipping is logged as "grad_norm" and "grad_clipped" is 1 at a clipped step."""
+    before clipping is logged as "grad_norm", the number of clipped steps so far as
+    "grad_clipped_steps"."""
 
     max_grad_norm: Optional[float] = None
+    clipped_steps: int = 0
 
     def after_backward(self):
         if self.max_grad_norm is not None:
@@ -45,9 +47,11 @@ class _FiniteLossMixin:
                 self.grad_scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
             norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
+            norm = float(norm)
+            self.clipped_steps += norm > self.max_grad_norm
             storage = get_event_storage()
-            storage.put_scalar("grad_norm", float(norm))
-            storage.put_scalar("grad_clipped", float(norm > self.max_grad_norm), smoothing_hint=False)
+            storage.put_scalar("grad_norm", norm)
+            storage.put_scalar("grad_clipped_steps", self.clipped_steps, smoothing_hint=False)
         super().after_backward()
 
     def run_step(self):

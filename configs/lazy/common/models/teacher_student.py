@@ -10,8 +10,8 @@ from tid_d2.modeling.teacher_student import TeacherStudent, load_teacher
 def teacher_student(student, teacher, teacher_weights: str, methods=("TID",), **method_args):
     """
     A lazy TeacherStudent of the lazy detectors `student` and `teacher`; the teacher is loaded
-    strictly from `teacher_weights` when the model is instantiated. `method_args`: `warmup_iters`
-    and `log_period` (MODEL.DISTILL.WARMUP_ITERS / LOG_PERIOD, all methods) and per-method overrides
+    strictly from `teacher_weights` when the model is instantiated. `method_args`: `warmup_iters`,
+    `log_period` and `feature_norm` (MODEL.DISTILL.WARMUP_ITERS / LOG_PERIOD / FEATURE_NORM, all methods) and per-method overrides
     by lower-case name, e.g. `tid=dict(alpha=1.0, vis_period=100)`; edit them later as
     `model.distillers.<name>` / `model.distillers.warmup_iters`.
     """
