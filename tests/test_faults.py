@@ -168,12 +168,22 @@ def test_stability_slice(tmp_path, tiny_shapes, capsys):
                       "fitnet[MODEL.DISTILL.FITNET.LOSS_WEIGHT=1e39]": ("diverged", 0)}
     md = open(os.path.join(out, "stability.md")).read()
     assert "| GFL | 2 (" in md and "| 2 | 0 | trained | trained | diverged at iteration 0 |" in md
-    assert "1 of 3 runs diverged" in md
+    assert "1 of 3 runs diverged" in md and "0 trained with clipped steps" in md
+    assert [c["clipped_steps"] for c in res["cells"]] == [0, 0, 0]
     with open(os.path.join(out, "stability.json")) as f:
         assert json.load(f)["cells"] == res["cells"]
     again = tool.main(argv)
     assert [c["cached"] for c in again["cells"]] == [True, True, True]
     assert math.isfinite(again["teachers"]["GFL/2"]["AP"])
+
+
+def test_stability_outcomes_name_clipped_steps():
+    from tid_d2.benchmark.stability import describe
+
+    assert describe({"status": "trained", "iteration": 100, "clipped_steps": 0}) == "trained"
+    assert describe({"status": "trained", "iteration": 100, "clipped_steps": 95}) == "trained, 95 clipped"
+    assert describe({"status": "diverged", "iteration": 7, "clipped_steps": 3}) == "diverged at iteration 7"
+    assert describe({"status": "n/a", "iteration": None}) == "n/a"
 
 
 def test_a_bar_is_drawn_only_on_a_terminal_with_columns(monkeypatch):

@@ -83,8 +83,9 @@ def train_only(cfg: CfgNode, key: str, use_cache: bool = True, progress: Optiona
     """
     Train `cfg` (seeded with cfg.SEED) without evaluating it. Returns {"status": "trained" |
     "diverged", "iteration" (where it diverged, else the iterations trained), "error",
-    "config_hash", "run_seconds", "cached"}; the outcome is written to cfg.OUTPUT_DIR and reused
-    while `key` is unchanged.
+    "clipped_steps" (steps whose gradient norm MODEL.DISTILL.MAX_GRAD_NORM clipped), "config_hash",
+    "run_seconds", "cached"}; the outcome is written to cfg.OUTPUT_DIR and reused while `key` is
+    unchanged.
     """
     path = os.path.join(cfg.OUTPUT_DIR, RESULT_FILE)
     if use_cache and os.path.isfile(path):
@@ -102,6 +103,7 @@ def train_only(cfg: CfgNode, key: str, use_cache: bool = True, progress: Optiona
         if not _is_divergence(e):
             raise
         out.update(status="diverged", iteration=int(trainer.iter), error=f"{type(e).__name__}: {e}")
+    out["clipped_steps"] = int(getattr(trainer._trainer, "clipped_steps", 0))
     out["run_seconds"] = time.perf_counter() - start
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
@@ -175,9 +177,12 @@ def _run_cell(cell, specs, teachers, output_dir, iters, opts, use_cache, name, c
 
 
 def describe(outcome: Dict) -> str:
-    """'trained', 'diverged at iteration N' or 'n/a'."""
+    """'trained', 'trained, N clipped' (N steps held by the gradient-norm bound), 'diverged at
+    iteration N' or 'n/a'."""
     if outcome["status"] == "diverged":
         return f"diverged at iteration {outcome['iteration']}"
+    if outcome["status"] == "trained" and outcome.get("clipped_steps"):
+        return f"trained, {outcome['clipped_steps']} clipped"
     return outcome["status"]
 
 
@@ -200,6 +205,9 @@ def format_stability_markdown(results: Dict) -> str:
             entries.append("" if cell is None else describe(cell))
         lines.append(f"| {arch} | {teacher} | {batch} | {seed} | " + " | ".join(entries) + " |")
     diverged = [c for c in cells if c["status"] == "diverged"]
+    clipped = [c for c in cells if c["status"] == "trained" and c.get("clipped_steps")]
     lines += ["", f"{len(diverged)} of {len(cells)} runs diverged "
-              f"({sum(c['status'] == 'n/a' for c in cells)} not applicable)."]
+              f"({sum(c['status'] == 'n/a' for c in cells)} not applicable); {len(clipped)} trained with "
+              "clipped steps (\"trained, N clipped\": N of the run's steps had their gradient norm bounded "
+              "by MODEL.DISTILL.MAX_GRAD_NORM)."]
     return "\n".join(lines) + "\n"
