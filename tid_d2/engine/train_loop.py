@@ -1,5 +1,6 @@
 """Detectron2's SimpleTrainer and AMPTrainer that stop on a NaN/Inf loss, naming it and the iteration,
 and may clip the gradient norm of the whole model."""
+import math
 from typing import Mapping, Optional
 
 import torch
@@ -46,9 +47,9 @@ class _FiniteLossMixin:
             if isinstance(self, AMPTrainer):
                 self.grad_scaler.unscale_(self.optimizer)
             params = [p for g in self.optimizer.param_groups for p in g["params"] if p.grad is not None]
-            norm = torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm)
-            norm = float(norm)
-            self.clipped_steps += norm > self.max_grad_norm
+            norm = float(torch.nn.utils.clip_grad_norm_(params, self.max_grad_norm))
+            # a non-finite norm (an AMP overflow) is not a clip: the grad scaler skips that step
+            self.clipped_steps += math.isfinite(norm) and norm > self.max_grad_norm
             storage = get_event_storage()
             storage.put_scalar("grad_norm", norm)
             storage.put_scalar("grad_clipped_steps", self.clipped_steps, smoothing_hint=False)
