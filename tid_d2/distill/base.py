@@ -10,7 +10,7 @@ from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
 from ..structures import DenseOutputs
-from .helpers import FEATURE_NORMS
+from .helpers import check_feature_norm
 
 __all__ = [
     "DISTILLER_REGISTRY",
@@ -87,10 +87,7 @@ class Distiller(nn.Module):
                 f"{type(self).__name__}: warmup_iters must be >= 0 and log_period >= 1, got "
                 f"{warmup_iters} / {log_period}"
             )
-        if feature_norm not in FEATURE_NORMS:
-            raise ValueError(
-                f"MODEL.DISTILL.FEATURE_NORM must be one of {FEATURE_NORMS}, got '{feature_norm}'"
-            )
+        check_feature_norm(feature_norm)
         self.warmup_iters = int(warmup_iters)
         self.log_period = int(log_period)
         self.feature_norm = feature_norm

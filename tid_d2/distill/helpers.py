@@ -9,10 +9,16 @@ from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs
 
-__all__ = ["FEATURE_NORMS", "feature_pairs", "normalize_feature_pairs", "pad_targets"]
+__all__ = ["FEATURE_NORMS", "check_feature_norm", "feature_pairs", "normalize_feature_pairs", "pad_targets"]
 
 #: values of MODEL.DISTILL.FEATURE_NORM
 FEATURE_NORMS = ("none", "teacher_rms")
+
+
+def check_feature_norm(mode: str) -> None:
+    """MODEL.DISTILL.FEATURE_NORM must be one of FEATURE_NORMS."""
+    if mode not in FEATURE_NORMS:
+        raise ValueError(f"MODEL.DISTILL.FEATURE_NORM must be one of {FEATURE_NORMS}, got '{mode}'")
 
 
 def feature_pairs(
@@ -77,8 +83,7 @@ def normalize_feature_pairs(pairs: List[Tuple[Tensor, Tensor]], mode: str) -> Li
     energy: its size, and the pull it puts on the student, no longer grow with the teacher's
     feature magnitude (a barely trained teacher's can be 10x a converged one's). "none": unchanged.
     """
-    if mode not in FEATURE_NORMS:
-        raise ValueError(f"MODEL.DISTILL.FEATURE_NORM must be one of {FEATURE_NORMS}, got '{mode}'")
+    check_feature_norm(mode)
     if mode == "none":
         return list(pairs)
     out = []

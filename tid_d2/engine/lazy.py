@@ -8,19 +8,20 @@ import logging
 
 import torch
 
-from detectron2.config import instantiate
+from detectron2.config import get_cfg, instantiate
 from detectron2.engine import default_writers, hooks
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
 
 from ..checkpoint import AtomicCheckpointer, load_weights
+from ..config import add_tid_config
 from ..data.checked_loading import naming_annotation_errors
 from ..data.dataset_report import report_datasets
 from ..modeling.teacher_student import TeacherStudent
 from .defaults import check_amp_device, create_ddp_model, resume_or_load, skip_batches
 from .hooks import TeacherEvalHook, unwrap
-from .train_loop import build_step_trainer
+from .train_loop import build_step_trainer, gradient_norm_bound
 
 __all__ = ["build_lazy_eval_model", "check_config", "do_test", "do_train", "resolve_device"]
 
@@ -30,8 +31,8 @@ logger = logging.getLogger("detectron2")
 REQUIRED_KEYS = ("model", "dataloader", "optimizer", "lr_multiplier", "train")
 #: the keys of train.distill
 DISTILL_KEYS = ("eval_teacher", "max_grad_norm")
-#: train.distill.max_grad_norm when a TeacherStudent config leaves it out (MODEL.DISTILL.MAX_GRAD_NORM)
-DEFAULT_MAX_GRAD_NORM = 35.0
+#: train.distill.max_grad_norm when a TeacherStudent config leaves it out: MODEL.DISTILL.MAX_GRAD_NORM's default
+DEFAULT_MAX_GRAD_NORM = add_tid_config(get_cfg()).MODEL.DISTILL.MAX_GRAD_NORM
 
 
 def check_config(cfg, config_file: str, eval_only: bool) -> None:
@@ -71,9 +72,7 @@ def _max_grad_norm(cfg, model):
     if not isinstance(model, TeacherStudent):
         return None
     value = (cfg.train.get("distill", {}) or {}).get("max_grad_norm", DEFAULT_MAX_GRAD_NORM)
-    if value is not None and value < 0:
-        raise ValueError(f"train.distill.max_grad_norm must be >= 0 (0: no clipping), got {value}")
-    return float(value) if value else None
+    return gradient_norm_bound(value, "train.distill.max_grad_norm")
 
 
 def _dataset_names(loader_cfg):

@@ -8,7 +8,13 @@ import torch
 from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.utils.events import get_event_storage
 
-__all__ = ["FiniteLossAMPTrainer", "FiniteLossSimpleTrainer", "build_step_trainer", "check_finite_losses"]
+__all__ = [
+    "FiniteLossAMPTrainer",
+    "FiniteLossSimpleTrainer",
+    "build_step_trainer",
+    "check_finite_losses",
+    "gradient_norm_bound",
+]
 
 
 def check_finite_losses(
@@ -74,6 +80,14 @@ class FiniteLossSimpleTrainer(_FiniteLossMixin, SimpleTrainer):
 
 class FiniteLossAMPTrainer(_FiniteLossMixin, AMPTrainer):
     """AMPTrainer that stops on a NaN/Inf loss, naming it."""
+
+
+def gradient_norm_bound(value, key: str) -> Optional[float]:
+    """A configured gradient-norm bound as `build_step_trainer` takes it: None for 0 or None (no
+    clipping), else the value; a negative one is an error naming the config `key`."""
+    if value is not None and value < 0:
+        raise ValueError(f"{key} must be >= 0 (0: no clipping), got {value}")
+    return float(value) if value else None
 
 
 def build_step_trainer(

@@ -17,7 +17,7 @@ from ..data.dataset_report import report_datasets
 from ..modeling.teacher_student import TeacherStudent
 from .defaults import build_evaluator, check_amp_device, create_ddp_model, resume_or_load, skip_batches
 from .hooks import TeacherEvalHook, unwrap
-from .train_loop import build_step_trainer
+from .train_loop import build_step_trainer, gradient_norm_bound
 
 __all__ = ["TIDTrainer", "distill_max_grad_norm"]
 
@@ -27,10 +27,7 @@ def distill_max_grad_norm(cfg):
     bound on the joint gradient norm of all trainable parameters at every step."""
     if cfg.MODEL.META_ARCHITECTURE != "TeacherStudent":
         return None
-    value = float(cfg.MODEL.DISTILL.MAX_GRAD_NORM)
-    if value < 0:
-        raise ValueError(f"MODEL.DISTILL.MAX_GRAD_NORM must be >= 0 (0: no clipping), got {value}")
-    return value or None
+    return gradient_norm_bound(cfg.MODEL.DISTILL.MAX_GRAD_NORM, "MODEL.DISTILL.MAX_GRAD_NORM")
 
 
 class TIDTrainer(DefaultTrainer):
