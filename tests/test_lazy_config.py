@@ -336,7 +336,8 @@ def test_lazy_train_net_names_missing_entries(tmp_path):
 # ----- TeacherStudent (TID) from LazyConfig -------------------------------------------------------
 TID_SCALARS = (
     "teacher_channels", "student_channels", "tasks", "threshold_mode", "pos_thresh", "neg_thresh",
-    "score_levels", "cls_tau", "cls_tau_bg", "key_thresh", "weak_thresh", "ldam", "soft_weights",
+    "score_levels", "cls_tau", "cls_tau_bg", "key_thresh", "weak_thresh", "ldam", "area_precedence",
+    "min_pos_thresh", "soft_weights",
     "alpha", "beta", "gamma", "loss_weight", "normalize",
 )
 

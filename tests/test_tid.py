@@ -146,26 +146,50 @@ def test_batched_iou_matches_pairwise_iou():
 def test_ldam_areas():
     score_t = torch.tensor([[4.0, 3.0, 1.5 * 1.5, 0.8, 0.8, 0.16, 4.0]])
     score_s = torch.tensor([[0.16, 4.0, 0.16, 0.16, 0.6, 0.16, 4.0]])
-    key, weak, other = ldam_areas(score_t, score_s, 2.25, 0.4)
+    key, weak, other = ldam_areas(score_t, score_s, 2.25, 0.4, precedence="key")
     assert key[0].tolist() == [True, True, True, False, False, False, True]
     assert weak[0].tolist() == [False, False, False, True, False, False, False]
     assert other[0].tolist() == [False, False, False, False, True, True, False]
     assert torch.equal(key.int() + weak.int() + other.int(), torch.ones_like(key, dtype=torch.int))
-    key2, weak2, other2 = ldam_areas(score_t, score_s, 2.25, 0.4, ldam=False)
+    key2, weak2, other2 = ldam_areas(score_t, score_s, 2.25, 0.4, ldam=False, precedence="key")
     assert torch.equal(key2, key) and not weak2.any()
     assert torch.equal(other2, ~key)
 
 
-def test_ldam_areas_random_partition():
+def test_ldam_weak_precedence_puts_teacher_good_student_bad_in_weak():
+    """The case LDAM exists for (teacher good, student behind) is weak; K is where the student
+    already matches a good teacher; LDAM off gives the key test alone."""
+    score_t = torch.tensor([[4.0, 4.0, 3.0, 3.0, 2.25, 0.8, 0.6]])
+    score_s = torch.tensor([[4.0, 0.16, 3.0, 2.25, 0.16, 0.16, 0.16]])
+    key, weak, other = ldam_areas(score_t, score_s, 3.0, 0.5, precedence="weak")
+    assert key[0].tolist() == [True, False, True, False, False, False, False]
+    assert weak[0].tolist() == [False, True, False, True, True, True, False]  # 0.6-0.16 < 0.5
+    assert torch.equal(key.int() + weak.int() + other.int(), torch.ones_like(key, dtype=torch.int))
+    key_first, weak_first, _ = ldam_areas(score_t, score_s, 3.0, 0.5, precedence="key")
+    assert key_first[0].tolist() == [True, True, True, True, False, False, False]
+    assert weak_first[0].tolist() == [False, False, False, False, True, True, False]
+    key_off, weak_off, _ = ldam_areas(score_t, score_s, 3.0, 0.5, ldam=False)
+    assert torch.equal(key_off, score_t >= 3.0) and not weak_off.any()
+    with pytest.raises(ValueError, match="AREA_PRECEDENCE"):
+        ldam_areas(score_t, score_s, 3.0, 0.5, precedence="both")
+
+
+@pytest.mark.parametrize("precedence", ["weak", "key"])
+def test_ldam_areas_random_partition(precedence):
     g = torch.Generator().manual_seed(1)
     vals = torch.tensor([4.0, 3.0, 2.25, 0.8, 0.6, 0.16])
     score_t = vals[torch.randint(0, 6, (3, 50), generator=g)]
     score_s = vals[torch.randint(0, 6, (3, 50), generator=g)]
-    key, weak, other = ldam_areas(score_t, score_s, 2.25, 0.4)
+    key, weak, other = ldam_areas(score_t, score_s, 2.25, 0.4, precedence=precedence)
     total = key.int() + weak.int() + other.int()
     assert torch.equal(total, torch.ones_like(total))
-    assert torch.equal(key, score_t >= 2.25)
-    assert torch.equal(weak, (score_t - score_s >= 0.4 - 1e-6) & (score_t < 2.25))
+    weak_test = score_t - score_s >= 0.4 - 1e-6
+    if precedence == "key":
+        assert torch.equal(key, score_t >= 2.25)
+        assert torch.equal(weak, weak_test & (score_t < 2.25))
+    else:
+        assert torch.equal(weak, weak_test)
+        assert torch.equal(key, (score_t >= 2.25) & ~weak_test)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -313,10 +337,30 @@ def flat_index(mask_levels):
     return flat.nonzero().flatten().tolist()
 
 
+#: the first LDAM reading, which the hand-made scene's expected areas below are written for
+V1_AREAS = dict(area_precedence="key", key_thresh=2.25, weak_thresh=0.4, min_pos_thresh=0.0)
+
+
 def build(**kw):
-    args = dict(teacher_channels=8, student_channels=8, normalize="area", loss_weight=1.0)
+    args = dict(teacher_channels=8, student_channels=8, normalize="area", loss_weight=1.0, **V1_AREAS)
     args.update(kw)
     return TID(**args)
+
+
+def test_scene_areas_at_the_defaults():
+    """The same scene under the default LDAM (weak first, tau_K = hi x mid, tau_W = 0.5, thr_pos
+    floor 0.5): teacher-good locations where the student lags (5, 19) are weak, not key; location
+    10 (IoU 0.35 above its assigner threshold 0.3) is not well localized under the floor."""
+    teacher, student = make_pair()
+    tid = TID(teacher_channels=8, student_channels=8)
+    areas = tid.areas(teacher, student, make_targets())
+    p3, p4 = areas["p3"], areas["p4"]
+    assert flat_index([p3["key"], p4["key"]]) == [0]
+    assert flat_index([p3["weak"], p4["weak"]]) == [3, 5, 16, 19]
+    assert p3["key"][1].flatten().nonzero().flatten().tolist() == [8]
+    no_floor = TID(teacher_channels=8, student_channels=8, min_pos_thresh=0.0)
+    a = no_floor.areas(teacher, student, make_targets())
+    assert flat_index([a["p3"]["weak"], a["p4"]["weak"]]) == [3, 5, 10, 16, 19]
 
 
 def test_scene_areas_and_diagnostics():

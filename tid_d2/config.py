@@ -131,12 +131,18 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.TID.TASKS = "both"  # "both" | "cls" | "reg": which DIEM scores make the importance
     _C.MODEL.TID.THRESHOLD_MODE = "assigner"  # "assigner" (per-GT ATSS threshold) | "fixed"
     _C.MODEL.TID.POS_THRESH = 0.5  # thr_pos in "fixed" mode
+    # "assigner" mode: an assigner's thr_pos is raised to at least this (its anchor-IoU thresholds
+    # fall to a few percent for small GTs; 0.5 is the loosest IoU a detection metric accepts)
+    _C.MODEL.TID.MIN_POS_THRESH = 0.5
     _C.MODEL.TID.NEG_THRESH = 0.4  # thr_neg (both modes; clamped below thr_pos)
     _C.MODEL.TID.SCORE_LEVELS = [2.0, 1.5, 0.4]  # DIEM's good / moderate / poor score values
     _C.MODEL.TID.CLS_TAU = 0.3  # tau: confidence of a "confident" class prediction
     _C.MODEL.TID.CLS_TAU_BG = 0.05  # tau_bg: confidence below which background is "clean"
-    _C.MODEL.TID.KEY_THRESH = 2.25  # tau_K: key areas K = {Score^T >= tau_K}
-    _C.MODEL.TID.WEAK_THRESH = 0.4  # tau_W: weak areas W = {Score^T - Score^S >= tau_W} \ K
+    _C.MODEL.TID.KEY_THRESH = 3.0  # tau_K: the key test Score^T >= tau_K (hi x mid)
+    _C.MODEL.TID.WEAK_THRESH = 0.5  # tau_W: the weak test Score^T - Score^S >= tau_W
+    # a location passing both tests is "weak" (W = weak test, K = key test \ W: the student lags
+    # a good teacher there) or "key" (K = key test, W = weak test \ K, the first reading)
+    _C.MODEL.TID.AREA_PRECEDENCE = "weak"
     _C.MODEL.TID.LDAM = True  # off: only K and O areas
     _C.MODEL.TID.SOFT_WEIGHTS = False  # weight K by Score^T and W by delta inside the areas
     _C.MODEL.TID.ALPHA = 2.0  # weight of L_K

@@ -45,8 +45,10 @@ DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld")
 #: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
 STANDARD_ABLATIONS = (
     "tasks=cls", "tasks=reg", "thresholds=fixed", "ldam=off", "soft=on",
-    "alpha=0.5", "beta=0.5", "gamma=0", "gamma=0.5",
+    "alpha=0.5", "beta=0.5", "gamma=0", "gamma=0.5", "precedence=key", "min_pos=0",
 )
+#: the first reading of LDAM (key areas first, tau_K = mid x mid, no floor under assigner thresholds)
+TID_V1_ABLATION = "precedence=key,tau_k=2.25,tau_w=0.4,min_pos=0"
 METRIC_FILE = "benchmark_metrics.json"
 
 # ablation key -> (config key, allowed values -> config value, or a converter for numbers)
@@ -59,6 +61,10 @@ _ABLATION_KEYS = {
     "beta": ("MODEL.TID.BETA", float),
     "gamma": ("MODEL.TID.GAMMA", float),
     "lambda": ("MODEL.TID.LOSS_WEIGHT", float),
+    "precedence": ("MODEL.TID.AREA_PRECEDENCE", {"weak": "weak", "key": "key"}),
+    "tau_k": ("MODEL.TID.KEY_THRESH", float),
+    "tau_w": ("MODEL.TID.WEAK_THRESH", float),
+    "min_pos": ("MODEL.TID.MIN_POS_THRESH", float),
 }
 
 # (size, arch) -> config file of each role; "realistic" is the COCO setting, used for cost only.

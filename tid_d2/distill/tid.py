@@ -29,6 +29,8 @@ __all__ = ["TID", "check_same_batch_layout", "diem_scores", "ldam_areas", "sfdm_
 
 TASKS = ("both", "cls", "reg")
 THRESHOLD_MODES = ("assigner", "fixed")
+#: which area a location that passes both LDAM tests belongs to (MODEL.TID.AREA_PRECEDENCE)
+PRECEDENCES = ("weak", "key")
 #: tolerance of LDAM's threshold tests, so that a product of DIEM levels equal to a threshold on
 #: paper (e.g. 1.5 * 1.5 = tau_K = 2.25) reaches it in floating point too.
 SCORE_EPS = 1e-6
@@ -123,24 +125,41 @@ def diem_scores(
 
 @torch.no_grad()
 def ldam_areas(
-    score_t: Tensor, score_s: Tensor, tau_k: float, tau_w: float, ldam: bool = True
+    score_t: Tensor,
+    score_s: Tensor,
+    tau_k: float,
+    tau_w: float,
+    ldam: bool = True,
+    precedence: str = "weak",
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """
     LDAM: split locations into key, weak and other areas.
 
     Args:
         score_t, score_s: [N, A] teacher / student DIEM importance.
-        tau_k: key areas K = {Score^T >= tau_k}.
-        tau_w: weak areas W = {Score^T - Score^S >= tau_w} minus K.
-        ldam: False: W is empty (only K and O).
+        tau_k: the key test Score^T >= tau_k (the teacher does both tasks well).
+        tau_w: the weak test Score^T - Score^S >= tau_w (the student lags the teacher).
+        ldam: False: W is empty (K = the key test, the rest is O).
+        precedence: where a location passing both tests goes. "weak": W = the weak test,
+            K = the key test minus W, so "teacher good, student behind" is weak and K is where the
+            student already matches a good teacher; "key": K = the key test, W = the weak test
+            minus K.
 
     Returns:
         key, weak, other: [N, A] bool, pairwise disjoint, covering every location.
         Threshold tests allow SCORE_EPS of float error.
     """
+    if precedence not in PRECEDENCES:
+        raise ValueError(
+            f"MODEL.TID.AREA_PRECEDENCE must be one of {PRECEDENCES}, got '{precedence}'"
+        )
     key = score_t >= tau_k - SCORE_EPS
     if ldam:
-        weak = ((score_t - score_s) >= tau_w - SCORE_EPS) & ~key
+        weak = (score_t - score_s) >= tau_w - SCORE_EPS
+        if precedence == "weak":
+            key = key & ~weak
+        else:
+            weak = weak & ~key
     else:
         weak = torch.zeros_like(key)
     other = ~(key | weak)
@@ -305,9 +324,11 @@ class TID(Distiller):
         score_levels: Sequence[float] = (2.0, 1.5, 0.4),
         cls_tau: float = 0.3,
         cls_tau_bg: float = 0.05,
-        key_thresh: float = 2.25,
-        weak_thresh: float = 0.4,
+        key_thresh: float = 3.0,
+        weak_thresh: float = 0.5,
         ldam: bool = True,
+        area_precedence: str = "weak",
+        min_pos_thresh: float = 0.5,
         soft_weights: bool = False,
         alpha: float = 2.0,
         beta: float = 2.0,
@@ -322,6 +343,11 @@ class TID(Distiller):
         vis_period iterations (TensorBoard image "tid/areas"); base: the `Distiller` arguments."""
         super().__init__(**base)
         tasks, threshold_mode = str(tasks).lower(), str(threshold_mode).lower()
+        area_precedence = str(area_precedence).lower()
+        if area_precedence not in PRECEDENCES:
+            raise ValueError(
+                f"MODEL.TID.AREA_PRECEDENCE must be one of {PRECEDENCES}, got '{area_precedence}'"
+            )
         if tasks not in TASKS:
             raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
         if threshold_mode not in THRESHOLD_MODES:
@@ -334,10 +360,10 @@ class TID(Distiller):
                 "MODEL.TID.SCORE_LEVELS must be [hi, mid, lo] with hi >= mid >= lo >= 0, "
                 f"got {score_levels}"
             )
-        if not 0 < pos_thresh <= 1 or not 0 <= neg_thresh <= 1:
+        if not 0 < pos_thresh <= 1 or not 0 <= neg_thresh <= 1 or not 0 <= min_pos_thresh <= 1:
             raise ValueError(
-                f"MODEL.TID.POS_THRESH must be in (0, 1] and NEG_THRESH in [0, 1], got "
-                f"{pos_thresh} / {neg_thresh}"
+                f"MODEL.TID.POS_THRESH must be in (0, 1], NEG_THRESH and MIN_POS_THRESH in [0, 1], "
+                f"got {pos_thresh} / {neg_thresh} / {min_pos_thresh}"
             )
         if not 0 <= cls_tau_bg <= cls_tau <= 1:
             raise ValueError(
@@ -357,6 +383,8 @@ class TID(Distiller):
         self.key_thresh = float(key_thresh)
         self.weak_thresh = float(weak_thresh)
         self.ldam = bool(ldam)
+        self.area_precedence = area_precedence
+        self.min_pos_thresh = float(min_pos_thresh)
         self.soft_weights = bool(soft_weights)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.loss_weight = float(loss_weight)
@@ -384,6 +412,8 @@ class TID(Distiller):
             "key_thresh": t.KEY_THRESH,
             "weak_thresh": t.WEAK_THRESH,
             "ldam": t.LDAM,
+            "area_precedence": t.AREA_PRECEDENCE,
+            "min_pos_thresh": t.MIN_POS_THRESH,
             "soft_weights": t.SOFT_WEIGHTS,
             "alpha": t.ALPHA,
             "beta": t.BETA,
@@ -405,7 +435,9 @@ class TID(Distiller):
         """
         thr_pos [N, M] of one model: POS_THRESH in fixed mode; in assigner mode its own per-GT
         thresholds, else the other model's (same GTs and anchor layout), else POS_THRESH (both
-        assigners not IoU based, e.g. FCOS; logged once).
+        assigners not IoU based, e.g. FCOS; logged once). An assigner's thresholds are raised to
+        at least MIN_POS_THRESH: they are computed from anchor IoUs and fall to a few percent for
+        small GTs, while DIEM tests predicted-box IoUs.
         """
         thresholds = None if self.threshold_mode == "fixed" else model.pos_thresholds
         if thresholds is None and self.threshold_mode == "assigner":
@@ -432,7 +464,7 @@ class TID(Distiller):
             [thr.reshape(-1).to(device=valid.device, dtype=torch.float32) for thr in thresholds],
             batch_first=True,
             padding_value=1.0,
-        )
+        ).clamp_(min=self.min_pos_thresh)
 
     @torch.no_grad()
     def compute_scores(
@@ -478,7 +510,12 @@ class TID(Distiller):
             out[f"score_r_{suffix}"], out[f"score_c_{suffix}"] = score_r, score_c
         out["delta"] = out["score_t"] - out["score_s"]
         out["key"], out["weak"], out["other"] = ldam_areas(
-            out["score_t"], out["score_s"], self.key_thresh, self.weak_thresh, self.ldam
+            out["score_t"],
+            out["score_s"],
+            self.key_thresh,
+            self.weak_thresh,
+            self.ldam,
+            self.area_precedence,
         )
         return out
 
