@@ -86,7 +86,7 @@ def add_tid_config(cfg: CN) -> CN:
     # --- Distillation (method-independent) ----------------------------------------------------
     _C.MODEL.DISTILL = CN()
     _C.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"  # the student, built from this config
-    _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD (they combine)
+    _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD, CROSSKD (they combine)
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
     _C.MODEL.DISTILL.LOG_PERIOD = 20  # iterations between two writes of each method's diagnostics
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
@@ -119,6 +119,14 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.DISTILL.CWD.TAU = 1.0  # softmax temperature
     _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0  # per level; mmrazor's FPN detection configs
     # LD (Zheng et al., CVPR 2022): KL between GFL box-side distributions (GFL teacher and student).
+    # CrossKD (CVPR 2024), its GFL R-101 -> R-50 config; the ATSS one uses BOX_WEIGHT 1.0
+    _C.MODEL.DISTILL.CROSSKD = CN()
+    _C.MODEL.DISTILL.CROSSKD.CLS_WEIGHT = 1.0  # KD quality focal loss of the cross head's classes
+    _C.MODEL.DISTILL.CROSSKD.CLS_BETA = 1.0  # its focusing exponent
+    _C.MODEL.DISTILL.CROSSKD.BOX_WEIGHT = 2.0  # GIoU of cross vs teacher boxes
+    _C.MODEL.DISTILL.CROSSKD.DIST_WEIGHT = 3.0  # KL of GFL box distributions (GFL only)
+    _C.MODEL.DISTILL.CROSSKD.DIST_TAU = 1.0  # its temperature
+
     _C.MODEL.DISTILL.LD = CN()
     _C.MODEL.DISTILL.LD.TAU = 10.0  # softmax temperature
     _C.MODEL.DISTILL.LD.LOSS_WEIGHT = 0.25  # main region: the student assigner's positives

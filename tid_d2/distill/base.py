@@ -119,6 +119,11 @@ class Distiller(nn.Module):
         prefix = f"loss_{self.name}"
         return {(f"{prefix}_{t}" if t else prefix): v * scale for t, v in terms.items()}
 
+    def attach_teacher(self, teacher: nn.Module) -> None:
+        """Called once by `TeacherStudent` with its frozen teacher (a `DistillableDetector`). Default:
+        nothing; a method that runs the teacher's head on student features (CrossKD) keeps it,
+        without registering it as a submodule."""
+
     def visualize(
         self,
         storage: EventStorage,

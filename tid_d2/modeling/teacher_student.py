@@ -117,6 +117,8 @@ class TeacherStudent(nn.Module):
         self.distillers = distillers
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
+        for d in distillers.values():
+            d.attach_teacher(teacher)
 
     @classmethod
     def from_config(cls, cfg):

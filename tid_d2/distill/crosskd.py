@@ -1,0 +1,151 @@
+"""
+CrossKD (Wang et al., "CrossKD: Cross-Head Knowledge Distillation for Object Detection", CVPR 2024):
+the student's FPN features, aligned to the teacher's per-channel statistics, go through the teacher's
+frozen head; the predictions of that cross head imitate the teacher's own predictions. The gradient
+reaches the student through the teacher's head, so the student learns what moves the teacher's
+outputs, without the conflict of imitating with its own head.
+"""
+from typing import Dict, List, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.config import configurable
+from detectron2.structures import Instances
+from torch import Tensor
+
+from ..modeling.losses import giou_loss_weighted
+from ..structures import DenseOutputs
+from .adapters import build_adapter
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .ld import side_kl
+
+__all__ = ["CROSSKD", "align_to_teacher", "kd_quality_focal_loss"]
+
+
+def kd_quality_focal_loss(logits: Tensor, target: Tensor, beta: float = 1.0) -> Tensor:
+    """Quality focal loss against soft targets: BCE(logits, target) * |sigmoid(logits) - target|^beta,
+    elementwise (logits, target: [..., K]); 0 where the prediction equals the target."""
+    target = target.to(logits.dtype)
+    focal = (logits.sigmoid() - target).abs().pow(beta)
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="none") * focal
+
+
+def align_to_teacher(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
+    """Standardize each student channel over (N, H, W), then give it the mean and std of the same
+    teacher channel (detached), so the teacher's head sees inputs on its own scale. [N, C, H, W]."""
+    dims = (0, 2, 3)
+    s_mean, s_std = student.mean(dim=dims, keepdim=True), student.std(dim=dims, keepdim=True)
+    t = teacher.detach()
+    t_mean, t_std = t.mean(dim=dims, keepdim=True), t.std(dim=dims, keepdim=True)
+    return (student - s_mean) / (s_std + eps) * t_std + t_mean
+
+
+@DISTILLER_REGISTRY.register()
+class CROSSKD(Distiller):
+    """
+    Losses (each times the warm-up):
+    - loss_crosskd_cls: CLS_WEIGHT * kd_quality_focal_loss(cross logits, sigmoid(teacher logits)),
+      summed over classes and locations, divided by the student's number of positives;
+    - loss_crosskd_box: BOX_WEIGHT * GIoU loss of cross vs teacher boxes, weighted per location by
+      the teacher's max class score (normalized by the weights' sum);
+    - loss_crosskd_dist (detectors with GFL box distributions): DIST_WEIGHT * KL of the box-side
+      distributions at temperature DIST_TAU, summed over bins, averaged over sides, same weights.
+    The teacher's head is the contract's `head_outputs`, attached by `TeacherStudent`.
+    """
+
+    name = "crosskd"
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        teacher_channels: int,
+        student_channels: int,
+        adapter: str = "auto",
+        cls_weight: float = 1.0,
+        cls_beta: float = 1.0,
+        box_weight: float = 2.0,
+        dist_weight: float = 3.0,
+        dist_tau: float = 1.0,
+        **base,
+    ):
+        """Arguments are the MODEL.DISTILL.CROSSKD keys; adapter: MODEL.DISTILL.ADAPTER (a 1x1 conv
+        before the alignment when channels differ); base: the `Distiller` arguments."""
+        super().__init__(**base)
+        check_loss_weights(
+            "MODEL.DISTILL.CROSSKD", CLS_WEIGHT=cls_weight, BOX_WEIGHT=box_weight, DIST_WEIGHT=dist_weight
+        )
+        if not cls_beta > 0 or not dist_tau > 0:
+            raise ValueError(
+                f"MODEL.DISTILL.CROSSKD.CLS_BETA and DIST_TAU must be > 0, got {cls_beta} / {dist_tau}"
+            )
+        self.adapter = build_adapter(adapter, student_channels, teacher_channels)
+        self.cls_weight, self.cls_beta = float(cls_weight), float(cls_beta)
+        self.box_weight = float(box_weight)
+        self.dist_weight, self.dist_tau = float(dist_weight), float(dist_tau)
+        object.__setattr__(self, "_teacher", None)  # not a submodule: never trained or saved
+
+    @classmethod
+    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
+        c = cfg.MODEL.DISTILL.CROSSKD
+        return {
+            "teacher_channels": teacher_channels,
+            "student_channels": student_channels,
+            "adapter": cfg.MODEL.DISTILL.ADAPTER,
+            "cls_weight": c.CLS_WEIGHT,
+            "cls_beta": c.CLS_BETA,
+            "box_weight": c.BOX_WEIGHT,
+            "dist_weight": c.DIST_WEIGHT,
+            "dist_tau": c.DIST_TAU,
+            **distiller_base_config(cfg),
+        }
+
+    def attach_teacher(self, teacher) -> None:
+        object.__setattr__(self, "_teacher", teacher)
+
+    def cross_head(self, teacher: DenseOutputs, student: DenseOutputs) -> DenseOutputs:
+        """The teacher's head on the aligned student features (carries the student's graph)."""
+        if self._teacher is None:
+            raise RuntimeError(
+                "CrossKD runs the teacher's head on the student's features: build it inside "
+                "TeacherStudent (MODEL.DISTILL.METHODS), which attaches the teacher"
+            )
+        if teacher.num_levels != student.num_levels:
+            raise ValueError(
+                f"CrossKD: teacher has {teacher.num_levels} FPN levels, student {student.num_levels}"
+            )
+        feats: List[Tensor] = []
+        for level, (t, s) in enumerate(zip(teacher.features, student.features)):
+            s = self.adapter(s)
+            if s.shape != t.shape:
+                raise ValueError(
+                    f"CrossKD: adapted student features {tuple(s.shape)} != teacher {tuple(t.shape)} "
+                    f"at level {level}; feed both detectors the same images and keep "
+                    "MODEL.DISTILL.ADAPTER on when channels differ"
+                )
+            feats.append(align_to_teacher(s.float(), t.float()).to(t.dtype))
+        return self._teacher.head_outputs(feats, student.image_sizes)
+
+    def losses(
+        self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
+    ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
+        cross = self.cross_head(teacher, student)
+        t_logits = teacher.flat("cls_logits").detach().float()  # [N, A, K]
+        t_prob = t_logits.sigmoid()
+        pos_mask = student.extras.get("pos_mask")
+        num_pos = (pos_mask.sum() if pos_mask is not None else t_prob.new_tensor(len(targets))).clamp(min=1)
+        loss_cls = kd_quality_focal_loss(cross.flat("cls_logits").float(), t_prob, self.cls_beta).sum() / num_pos
+
+        weight = t_prob.max(dim=2).values  # [N, A] the teacher's confidence
+        weight_sum = weight.sum().clamp(min=1e-6)
+        t_boxes = teacher.flat("boxes").detach().float().reshape(-1, 4)
+        c_boxes = cross.flat("boxes").float().reshape(-1, 4)
+        loss_box = giou_loss_weighted(c_boxes, t_boxes, weight.reshape(-1)).sum() / weight_sum
+        terms = {"cls": loss_cls * self.cls_weight, "box": loss_box * self.box_weight}
+        if teacher.box_logits is not None and cross.box_logits is not None and self.dist_weight > 0:
+            t_dist = teacher.flat("box_logits").detach().float()
+            bins = t_dist.shape[-1] // 4
+            kl = side_kl(cross.flat("box_logits").float(), t_dist, self.dist_tau) * bins  # [N, A, 4]
+            terms["dist"] = (kl.mean(dim=2) * weight).sum() / weight_sum * self.dist_weight
+        diagnostics = {"crosskd/num_pos": num_pos.detach(), "crosskd/teacher_conf": weight.mean()}
+        return terms, diagnostics
