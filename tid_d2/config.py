@@ -96,6 +96,9 @@ def add_tid_config(cfg: CN) -> CN:
     # bound on the joint L2 gradient norm of all trainable parameters at every distillation step
     # (torch clip_grad_norm_, as mmdetection's grad_clip max_norm 35); 0: no clipping.
     _C.MODEL.DISTILL.MAX_GRAD_NORM = 35.0
+    # "none" | "neck" | "neck+head": start the student from the teacher's trained FPN (and head), as
+    # FGD, PGD and ICD do; shapes must match. Applied at build time, before MODEL.WEIGHTS is loaded.
+    _C.MODEL.DISTILL.INHERIT = "none"
 
     # FitNet-style feature imitation: MSE over all locations and channels of all FPN levels.
     _C.MODEL.DISTILL.FITNET = CN()

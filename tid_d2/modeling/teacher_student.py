@@ -13,7 +13,10 @@ from ..checkpoint import load_weights
 from ..config import add_tid_config
 from ..distill.base import build_distillers, current_storage
 
-__all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible"]
+__all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible", "inherit_from_teacher"]
+
+#: MODEL.DISTILL.INHERIT: which of the teacher's trained parts initialize the student
+INHERIT_MODES = {"none": (), "neck": ("neck",), "neck+head": ("neck", "head")}
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +77,43 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
         )
 
 
+def _parts(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
+    """The neck (the FPN: the backbone minus its `bottom_up` network) and the head of a detector, as
+    state dicts."""
+    neck = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("bottom_up.")}
+    return {"neck": neck, "head": model.head.state_dict()}
+
+
+def inherit_from_teacher(student: nn.Module, teacher: nn.Module, mode: str) -> List[str]:
+    """
+    Copy the teacher's trained neck (mode "neck") or neck and head ("neck+head") into the student,
+    as FGD, PGD and ICD start their students. Every tensor must exist with the same shape on both
+    sides (same FPN width, bottom-up output widths, head convs and classes), else a ValueError names
+    the first differences. Returns the parts copied.
+    """
+    mode = str(mode).lower()
+    if mode not in INHERIT_MODES:
+        raise ValueError(f"MODEL.DISTILL.INHERIT must be one of {sorted(INHERIT_MODES)}, got '{mode}'")
+    s_parts, t_parts = _parts(student), _parts(teacher)
+    for part in INHERIT_MODES[mode]:
+        s_sd, t_sd = s_parts[part], t_parts[part]
+        bad = [
+            f"{k}: student {tuple(v.shape)}, teacher {tuple(t_sd[k].shape) if k in t_sd else 'missing'}"
+            for k, v in s_sd.items()
+            if k not in t_sd or t_sd[k].shape != v.shape
+        ] + [f"{k}: only in the teacher" for k in t_sd if k not in s_sd]
+        if bad:
+            raise ValueError(
+                f"MODEL.DISTILL.INHERIT={mode}: the teacher's {part} does not fit the student's "
+                f"({len(bad)} tensors differ, e.g. {'; '.join(bad[:3])}). Inheriting needs the same "
+                "FPN OUT_CHANNELS, bottom-up output widths and head layout; use INHERIT none"
+            )
+        module = student.head if part == "head" else student.backbone
+        module.load_state_dict(t_sd, strict=False)
+        logger.info("MODEL.DISTILL.INHERIT: the student starts from the teacher's %s (%d tensors)", part, len(t_sd))
+    return list(INHERIT_MODES[mode])
+
+
 @META_ARCH_REGISTRY.register()
 class TeacherStudent(nn.Module):
     """
@@ -91,15 +131,19 @@ class TeacherStudent(nn.Module):
         student: nn.Module,
         teacher: nn.Module,
         distillers: Union[nn.ModuleDict, Callable[[int, int], nn.ModuleDict]],
+        inherit: str = "none",
     ):
         """
         Args:
             student, teacher: `DistillableDetector`s (checked here, once).
             distillers: methods by name (`build_distillers`, `distiller_dict`), or a function of
                 (teacher channels, student channels) that builds them (`distillers_builder`).
+            inherit: MODEL.DISTILL.INHERIT, the teacher's parts copied into the student
+                (`inherit_from_teacher`).
         """
         super().__init__()
         check_compatible(teacher, student)
+        inherit_from_teacher(student, teacher, inherit)
         if not isinstance(distillers, nn.Module):
             distillers = distillers(teacher.feature_channels, student.feature_channels)
         for name, d in distillers.items():
@@ -129,6 +173,7 @@ class TeacherStudent(nn.Module):
         teacher = load_teacher(build_model(build_teacher_cfg(cfg)), cfg.MODEL.TEACHER.WEIGHTS)
         check_compatible(teacher, student)
         return {
+            "inherit": cfg.MODEL.DISTILL.INHERIT,
             "student": student,
             "teacher": teacher,
             "distillers": build_distillers(cfg, teacher.feature_channels, student.feature_channels),
