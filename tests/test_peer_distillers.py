@@ -17,6 +17,7 @@ from tid_d2.distill.cwd import CWD
 from tid_d2.distill.fgd import FGD, box_masks
 from tid_d2.distill.fitnet import FITNET
 from tid_d2.distill.ld import LD
+from tid_d2.distill.pgd import PGD
 from tid_d2.distill.pkd import PKD
 from tid_d2.structures import DenseOutputs
 
@@ -25,7 +26,7 @@ SHAPES = [(8, 8), (4, 4)]
 IMAGE = 64
 K = 3
 REG_MAX = 4
-METHODS = ["FITNET", "FGD", "PKD", "CWD", "LD"]
+METHODS = ["FITNET", "FGD", "PKD", "CWD", "LD", "PGD"]
 
 
 def make_cfg(**overrides):
@@ -136,6 +137,7 @@ EXPECTED_KEYS = {
     "PKD": {"loss_pkd"},
     "CWD": {"loss_cwd"},
     "LD": {"loss_ld", "loss_ld_vlr"},
+    "PGD": {"loss_pgd_cls", "loss_pgd_reg"},
 }
 
 
@@ -164,7 +166,7 @@ def test_positive_and_gradients_reach_only_the_student(name):
     )
 
 
-@pytest.mark.parametrize("name", ["FITNET", "FGD", "PKD", "CWD"])
+@pytest.mark.parametrize("name", ["FITNET", "FGD", "PKD", "CWD", "PGD"])
 def test_different_channels_go_through_the_adapter(name):
     teacher, student = make_outputs(1, channels=8), make_outputs(2, channels=6)
     distiller = build(name, teacher_channels=8, student_channels=6)
@@ -177,7 +179,7 @@ def test_different_channels_go_through_the_adapter(name):
     assert all(t.grad is None for t in teacher_leaves(teacher))
 
 
-@pytest.mark.parametrize("name", ["FITNET", "FGD", "PKD", "CWD"])
+@pytest.mark.parametrize("name", ["FITNET", "FGD", "PKD", "CWD", "PGD"])
 def test_adapter_none_with_different_channels_is_an_error(name):
     with pytest.raises(ValueError, match="ADAPTER"):
         build(name, teacher_channels=8, student_channels=6, ADAPTER="none")
@@ -212,7 +214,7 @@ def test_registry_builds_every_method_from_cfg():
     cfg = make_cfg()
     cfg.MODEL.DISTILL.METHODS = METHODS
     built = build_distillers(cfg, 8, 8)
-    classes = {"fitnet": FITNET, "fgd": FGD, "pkd": PKD, "cwd": CWD, "ld": LD}
+    classes = {"fitnet": FITNET, "fgd": FGD, "pkd": PKD, "cwd": CWD, "ld": LD, "pgd": PGD}
     assert {k: type(v) for k, v in built.items()} == classes
     assert LD.needs_box_distributions and not FGD.needs_box_distributions
 
@@ -377,6 +379,9 @@ def test_ld_falls_back_to_teacher_iou_without_pos_mask():
         ("FGD", "FGD.LAMBDA"),
         ("LD", "LD.LOSS_WEIGHT"),
         ("LD", "LD.VLR_WEIGHT"),
+        ("PGD", "PGD.ALPHA"),
+        ("PGD", "PGD.GAMMA"),
+        ("PGD", "PGD.DELTA"),
     ],
 )
 def test_negative_loss_weights_are_named_errors(name, key):

@@ -86,7 +86,7 @@ def add_tid_config(cfg: CN) -> CN:
     # --- Distillation (method-independent) ----------------------------------------------------
     _C.MODEL.DISTILL = CN()
     _C.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"  # the student, built from this config
-    _C.MODEL.DISTILL.METHODS = ["TID"]  # any of TID, FITNET, FGD, PKD, CWD, LD, CROSSKD (they combine)
+    _C.MODEL.DISTILL.METHODS = ["TID"]  # TID, FITNET, FGD, PKD, CWD, LD, PGD, CROSSKD (they combine)
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
     _C.MODEL.DISTILL.LOG_PERIOD = 20  # iterations between two writes of each method's diagnostics
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
@@ -122,6 +122,19 @@ def add_tid_config(cfg: CN) -> CN:
     _C.MODEL.DISTILL.CWD.TAU = 1.0  # softmax temperature
     _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0  # per level; mmrazor's FPN detection configs
     # LD (Zheng et al., CVPR 2022): KL between GFL box-side distributions (GFL teacher and student).
+    # PGD (ECCV 2022), its GFL R-101 -> R-50 config (which also starts the student from the
+    # teacher's neck and head: MODEL.DISTILL.INHERIT "neck+head")
+    _C.MODEL.DISTILL.PGD = CN()
+    _C.MODEL.DISTILL.PGD.TEMPERATURE = 0.8  # attention softmax temperature
+    _C.MODEL.DISTILL.PGD.ALPHA = 0.04  # classification-side foreground feature loss
+    _C.MODEL.DISTILL.PGD.BETA = 0.02  # classification-side background feature loss
+    _C.MODEL.DISTILL.PGD.GAMMA = 0.064  # regression-side feature loss
+    _C.MODEL.DISTILL.PGD.DELTA = 0.0008  # attention imitation
+    _C.MODEL.DISTILL.PGD.LEVEL_WEIGHTS = [1.0, 1.25, 1.5, 1.75, 2.0]  # classification side, P3..P7
+    _C.MODEL.DISTILL.PGD.TOPK = 30  # key predictive locations per GT
+    _C.MODEL.DISTILL.PGD.CLS_QUALITY_ALPHA = 0.8  # q = score^(1-a) IoU^a, classification mask
+    _C.MODEL.DISTILL.PGD.REG_QUALITY_ALPHA = 0.6  # the same, regression mask
+
     # CrossKD (CVPR 2024), its GFL R-101 -> R-50 config; the ATSS one uses BOX_WEIGHT 1.0
     _C.MODEL.DISTILL.CROSSKD = CN()
     _C.MODEL.DISTILL.CROSSKD.CLS_WEIGHT = 1.0  # KD quality focal loss of the cross head's classes

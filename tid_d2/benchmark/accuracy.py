@@ -41,7 +41,7 @@ __all__ = [
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCHS = ("GFL", "ATSS")
-DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld", "crosskd")
+DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld", "pgd", "crosskd")
 #: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
 STANDARD_ABLATIONS = (
     "tasks=cls", "tasks=reg", "thresholds=fixed", "ldam=off", "soft=on",
