@@ -13,6 +13,7 @@ realistic size (R-101 teacher, R-50 student, 2 images of 800x1333) too with --de
     python tools/benchmark.py --methods tid fitnet fgd pkd cwd ld --seeds 0 1 2
     python tools/benchmark.py --arch ATSS --methods tid tid+fitnet --ablations standard
     python tools/benchmark.py --ablations tasks=cls ldam=off alpha=2 tasks=reg,ldam=off
+    python tools/benchmark.py --tune --methods tid fitnet fgd pgd crosskd   (the tuning protocol)
     python tools/benchmark.py --cost-only --device cuda
     python tools/benchmark.py --stability              (the stability matrix: trained or diverged)
     python tools/benchmark.py --stability --archs GFL --stability-teachers 20 --batches 4 --seeds 5 \
@@ -24,6 +25,8 @@ OUTPUT/runs/<method>/seed<k>; a finished run whose config is unchanged is reused
 The library is `tid_d2.benchmark`.
 """
 import argparse
+import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -35,6 +38,7 @@ from typing import Dict, Tuple
 
 import torch
 
+from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from tid_d2.benchmark import (
@@ -55,7 +59,9 @@ from tid_d2.benchmark import (
     train_and_evaluate,
     write_results,
 )
-from tid_d2.benchmark.accuracy import ARCHS, config_file
+from tid_d2.benchmark.accuracy import ARCHS, MethodSpec, config_file
+from tid_d2.benchmark.tuning import DEFAULT_GRID, grid_specs, pick_factor
+from tid_d2.config import add_tid_config
 from tid_d2.benchmark.stability import (
     DEFAULT_BATCHES,
     DEFAULT_SEEDS,
@@ -127,6 +133,15 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="student SOLVER.IMS_PER_BATCH (default %(default)s)")
     g.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
                    help="detectors (default %(default)s; --arch is ignored)")
+    g = p.add_argument_group("tuning protocol (--tune: the same weight search for every method)")
+    g.add_argument("--tune", action="store_true",
+                   help="search each method's main loss weights (scaled together) over --tune-grid on seed 0 "
+                        "of the tuning split (--tune-dataset-seed), then run --seeds at each pick on the "
+                        "reported split; runs are cached under OUTPUT/tune")
+    g.add_argument("--tune-grid", nargs="+", type=float, default=list(DEFAULT_GRID),
+                   help=f"factors of the published weights (default {' '.join(map(str, DEFAULT_GRID))})")
+    g.add_argument("--tune-dataset-seed", type=int, default=1,
+                   help="dataset seed of the tuning split, a tid_shapes variant never reported (default 1)")
     p.add_argument("--no-cache", action="store_true", help="retrain runs (teacher included) even if finished")
     p.add_argument("--verbose", action="store_true", help="show Detectron2's training logs")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[],
@@ -152,6 +167,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     for key in ("stability_teachers", "batches"):
         if min(getattr(args, key)) < 1:
             p.error(f"--{key.replace('_', '-')} must be >= 1")
+    if args.tune and args.tune_dataset_seed == args.dataset_seed:
+        p.error("--tune-dataset-seed must differ from --dataset-seed: tune on data you do not report on")
+    if args.tune and (args.stability or args.cost_only or args.ablations):
+        p.error("--tune runs methods only (no --stability, --cost-only or --ablations)")
     if len(set(args.seeds)) != len(args.seeds):
         p.error(f"--seeds repeats a seed: {args.seeds}")
     return args
@@ -226,6 +245,31 @@ def run_accuracy(args, specs, datasets) -> Dict:
     return {"teacher": teacher_out, "baseline_runs": baseline, "method_runs": methods}
 
 
+def run_tuned(args, specs, dataset, datasets) -> Dict:
+    """The tuning protocol: every method's grid on seed 0 of the tuning split (OUTPUT/tune), then
+    every method at its pick over --seeds on the reported split. Adds "tuning" and "picked_specs"."""
+    tune_datasets = register_benchmark_datasets(dataclasses.replace(dataset, seed=args.tune_dataset_seed))
+    defaults = add_tid_config(get_cfg())
+    grid = {s.name: grid_specs(s, args.tune_grid, defaults) for s in specs}
+    targs = copy.copy(args)
+    targs.output, targs.seeds = os.path.join(args.output, "tune"), [0]
+    logger.info(f"Tuning: {len(specs)} methods x {len(args.tune_grid)} weights on {tune_datasets[1]}")
+    tuned = run_accuracy(targs, [g for points in grid.values() for _, g in points], tune_datasets)
+    tuning, picked = {}, []
+    for s in specs:
+        runs = {f: tuned["method_runs"][g.name][0] for f, g in grid[s.name]}
+        aps = {f: (None if r.get("diverged") else r["AP"]) for f, r in runs.items()}
+        factor = pick_factor(aps)
+        tuning[s.name] = {"aps": {f"{f:g}": a for f, a in aps.items()}, "pick": factor, "keys": sorted(set(dict(grid[s.name])[factor].opts[::2])),
+                          "baseline_AP": tuned["baseline_runs"][0].get("AP"), "dataset": tune_datasets[1]}
+        chosen = dict(grid[s.name])[factor]
+        picked.append(MethodSpec(s.name, chosen.methods, chosen.opts))
+        logger.info(f"Tuning: {s.name} picks x{factor:g} (AP " + ", ".join(
+            f"x{f:g} {'–' if a is None else f'{a:.1f}'}" for f, a in aps.items()) + ")")
+    accuracy = run_accuracy(args, picked, datasets)
+    return dict(accuracy, tuning=tuning, picked_specs=picked)
+
+
 def run_cost(args, specs, datasets) -> Dict:
     """Cost at the quickstart size on the CPU, and with --device cuda at the realistic size too."""
     out = os.path.abspath(args.output)
@@ -294,7 +338,11 @@ def main(argv=None) -> Dict:
         return main_stability(args, datasets, argv)
     for name, why in not_applicable.items():
         logger.warning(f"{name} is not applicable to {args.arch} and is left out: {why}")
-    accuracy = {} if args.cost_only else run_accuracy(args, specs, datasets)
+    if args.tune:
+        accuracy = run_tuned(args, specs, dataset, datasets)
+        specs = accuracy["picked_specs"]
+    else:
+        accuracy = {} if args.cost_only else run_accuracy(args, specs, datasets)
     costs = {} if args.accuracy_only else run_cost(args, specs, datasets)
     notes = ["cost: random-init weights on one fixed batch; the headline ratios (step_time_ratio, "
              "peak_mem_ratio, loss_time_frac) are the CPU ones at the quickstart size"]
@@ -326,6 +374,9 @@ def main(argv=None) -> Dict:
         "machine": machine_info(),
         "notes": notes,
     }
+    if args.tune:
+        config["tuning"] = accuracy["tuning"]
+        config["tune_grid"] = list(args.tune_grid)
     results = build_results(
         names=[s.name for s in specs],
         teacher=accuracy.get("teacher"),

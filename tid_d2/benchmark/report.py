@@ -272,6 +272,8 @@ def format_markdown(results: Mapping) -> str:
               f"teacher iterations {cfg.get('teacher_iters', '?')}, "
               f"seeds {' '.join(map(str, seeds)) or '–'}; val set {data.get('val', '?')}.", ""]
     lines += _accuracy_section(results)
+    if cfg.get("tuning"):
+        lines += [tuning_markdown(cfg["tuning"])]
     for dev, c in results.get("cost", {}).items():
         lines += _cost_section(results, dev, c)
     notes = [f"- {name}: not applicable ({why})" for name, why in results.get("not_applicable", {}).items()]
@@ -286,6 +288,23 @@ def format_markdown(results: Mapping) -> str:
     if notes:
         lines += ["## Notes", ""] + notes + [""]
     return "\n".join(lines)
+
+
+def tuning_markdown(tuning: Mapping[str, Mapping]) -> str:
+    """The tuning table: AP on the tuning split of every method at every factor, and its pick."""
+    if not tuning:
+        return ""
+    factors = sorted({float(f) for t in tuning.values() for f in t["aps"]})
+    head = "| method | " + " | ".join(f"x{f:g}" for f in factors) + " | pick |"
+    lines = ["## Tuning (seed 0, tuning split)", "",
+             "Main loss weights scaled together by each factor of the published values; AP on the "
+             "tuning split's val images; each method is reported at its pick.", "",
+             head, "|" + "---|" * (len(factors) + 2)]
+    for name, t in tuning.items():
+        aps = {float(f): v for f, v in t["aps"].items()}
+        cells = [("–" if aps.get(f) is None else f"{aps[f]:.1f}") for f in factors]
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | x{float(t['pick']):g} |")
+    return "\n".join(lines + [""])
 
 
 # ----------------------------------------------------------------------------------------------
