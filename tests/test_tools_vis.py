@@ -16,7 +16,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.modeling import build_model
 
-from conftest import quickstart_cfg
+from conftest import REPO, quickstart_cfg
 from tid_d2.visualization import (
     AREA_ALPHAS,
     AREA_COLORS,
@@ -292,3 +292,39 @@ def test_demo_bad_images_are_named(tiny_shapes, tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit, match="input image not found: .*missing.png"):
         runpy.run_path(str(ROOT / "tools/demo.py"), run_name="__main__")
     assert not (tmp_path / "out").exists()
+
+
+def _metrics_file(path, weak_start):
+    """A metrics.json as TID writes it: two levels, the weak fraction falling over 3 log points."""
+    import json
+
+    with open(path, "w") as f:
+        for i, it in enumerate((19, 39, 59)):
+            rec = {"iteration": it, "loss_tid_key": 1.0}
+            for lvl in ("p3", "p4"):
+                weak = weak_start / (i + 1)
+                rec.update({f"tid/{lvl}/frac_weak": weak, f"tid/{lvl}/frac_key": 0.01 * (i + 1),
+                            f"tid/{lvl}/frac_other": 1 - weak - 0.01 * (i + 1)})
+            f.write(json.dumps(rec) + "\n")
+        f.write(json.dumps({"iteration": 60, "loss_tid_key": 1.0}) + "\n")  # a line without TID scalars
+
+
+def test_plot_area_dynamics_means_levels_and_runs(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("plot_area_dynamics", str(Path(REPO) / "tools" / "plot_area_dynamics.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    _metrics_file(a, 0.04)
+    _metrics_file(b, 0.02)
+    out = tmp_path / "curve.png"
+    summary = tool.main([str(a), str(b), "--output", str(out)])
+    assert list(summary["frac_weak"]["iters"]) == [19, 39, 59]
+    assert summary["frac_weak"]["mean"] == pytest.approx([0.03, 0.015, 0.01])
+    assert summary["frac_weak"]["std"][0] == pytest.approx(0.01)
+    assert summary["frac_key"]["mean"] == pytest.approx([0.01, 0.02, 0.03])
+    assert out.stat().st_size > 0 and Image.open(out).size[0] > 100
+    assert "frac_weak: 3.00% at iter 19 -> 1.00% at iter 59" in capsys.readouterr().out
+    bad = tmp_path / "plain.json"
+    bad.write_text('{"iteration": 1, "loss_gfl_cls": 1.0}\n')
+    with pytest.raises(ValueError, match="no tid/<level>/frac_key"):
+        tool.main([str(bad), "--output", str(out)])

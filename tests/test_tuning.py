@@ -77,3 +77,21 @@ def test_tune_end_to_end_tiny(tmp_path):
     assert again["methods"]["tid"]["AP"] == res["methods"]["tid"]["AP"]
     with pytest.raises(SystemExit):
         tool.parse_args(["--tune", "--tune-dataset-seed", "0"])
+
+
+def test_realistic_size_cost_on_the_cpu(tmp_path, monkeypatch):
+    """--realistic-cpu builds the COCO configs (GFL R-101 teacher, R-50 student, random weights) and
+    times them on the CPU; a small image keeps the test short (the real run uses 800x1333)."""
+    tool = _load_tool()
+    monkeypatch.setattr(tool, "REALISTIC_IMAGE_SIZE", (96, 128))
+    out = str(tmp_path / "bench")
+    res = tool.main(["--cost-only", "--realistic-cpu", "--methods", "tid", "--output", out,
+                     "--dataset-root", str(tmp_path / "datasets"), "--num-images", "4", "--num-val-images", "2",
+                     "--image-sides", "128", "160", "--cost-iters", "1", "--cost-warmup", "0",
+                     "--opts", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "0"])
+    real = res["cost"]["cpu-realistic"]
+    assert real["batch_image_sizes"] == [[96, 128], [96, 128]]
+    assert res["methods"]["tid"]["cost"]["cpu-realistic"]["step_time_s"] > 0 and real["floor"]["peak_mem_bytes"] > 0
+    # an R-101 teacher and an R-50 student: far more state than the quickstart pair
+    assert real["floor"]["state_bytes"] > 20 * res["cost"]["cpu"]["floor"]["state_bytes"]
+    assert "## Cost (cpu-realistic" in open(os.path.join(out, "results.md")).read()

@@ -75,7 +75,9 @@ from tid_d2.data.shapes import DEFAULT_SIDES
 logger = logging.getLogger("benchmark")
 
 TEACHER_SEED = 0
-REALISTIC_OPTS = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2",
+# Random weights: the ResNets use BN instead of FrozenBN (an identity at random init, through which a
+# random R-101 overflows to non-finite boxes); teacher and student alike, so the floor carries it too.
+REALISTIC_OPTS = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNETS.NORM", "BN",
                   "INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MAX_SIZE_TRAIN", "1333"]
 REALISTIC_IMAGE_SIZE = (800, 1333)
 # defaults of the knobs left unset: a full run, or --quick
@@ -124,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     mode.add_argument("--accuracy-only", action="store_true", help="no cost measurement")
     g.add_argument("--cost-iters", type=int, help="timed steps per model (default 20)")
     g.add_argument("--cost-warmup", type=int, help="untimed warm-up steps per model (default 5)")
+    g.add_argument("--realistic-cpu", action="store_true",
+                   help="also measure the realistic size (R-101 teacher, R-50 student, 2 images of 800x1333, "
+                        "random weights) on the CPU, reported as 'cpu-realistic' (slow: seconds per step)")
     g = p.add_argument_group("stability matrix (--stability: train only, each run trained or diverged)")
     g.add_argument("--stability", action="store_true",
                    help="teachers x batches x seeds x archs x methods, plus the plain students")
@@ -283,14 +288,19 @@ def run_cost(args, specs, datasets) -> Dict:
                              teacher_weights=os.path.join(d, "random_teacher.pth"))
 
     costs["cpu"] = measure_costs(quickstart, specs, **kw)
-    if args.device == "cuda":
-        def realistic(role, spec):
-            d = os.path.join(out, "cost", "cuda")
-            return build_run_cfg(args.arch, role, seed=0, output_dir=d, datasets=datasets, spec=spec,
-                                 device="cuda", size="realistic", opts=REALISTIC_OPTS,
-                                 teacher_weights=os.path.join(d, "random_teacher.pth"))
 
-        costs["cuda"] = measure_costs(realistic, specs, image_size=REALISTIC_IMAGE_SIZE, **kw)
+    def realistic(device):
+        def make(role, spec):
+            d = os.path.join(out, "cost", f"{device}-realistic")
+            return build_run_cfg(args.arch, role, seed=0, output_dir=d, datasets=datasets, spec=spec,
+                                 device=device, size="realistic", opts=REALISTIC_OPTS,
+                                 teacher_weights=os.path.join(d, "random_teacher.pth"))
+        return make
+
+    if args.realistic_cpu:
+        costs["cpu-realistic"] = measure_costs(realistic("cpu"), specs, image_size=REALISTIC_IMAGE_SIZE, **kw)
+    if args.device == "cuda":
+        costs["cuda"] = measure_costs(realistic("cuda"), specs, image_size=REALISTIC_IMAGE_SIZE, **kw)
     return costs
 
 
@@ -351,6 +361,8 @@ def main(argv=None) -> Dict:
     if args.accuracy_only:
         notes.append("--accuracy-only: no cost measured")
     sizes = {"cpu": "quickstart (the run configs' input size and batch)"}
+    if args.realistic_cpu:
+        sizes["cpu-realistic"] = "realistic: R-101 teacher, R-50 student, 2 images of 800x1333, on the CPU"
     if args.device == "cuda":
         sizes["cuda"] = "realistic: R-101 teacher, R-50 student, 2 images of 800x1333"
     config = {
