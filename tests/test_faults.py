@@ -213,3 +213,21 @@ def test_demo_schedule_is_valid_for_short_runs(iters, steps):
     spec.loader.exec_module(run_demo)
     opts = run_demo.schedule(iters)
     assert opts[opts.index("SOLVER.STEPS") + 1] == steps
+
+
+def test_demo_reference_matches_the_readme_table():
+    """What `make demo` prints as the README's reference is the README's demo table (AP column)."""
+    import importlib.util
+    import re
+
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
+    run_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_demo)
+    readme = open(os.path.join(REPO, "README.md")).read()
+    section = readme[readme.index("### Demo results"):]
+    rows = {}
+    for name in run_demo.README_REFERENCE:
+        m = re.search(rf"^\| {name} [^|]*\| \**([0-9.]+)\**", section, flags=re.M)
+        assert m, f"README demo table has no '{name}' row"
+        rows[name] = float(m.group(1))
+    assert rows == run_demo.README_REFERENCE

@@ -16,6 +16,9 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "projects", "TID", "train_net.py")
 METRICS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+#: the README's demo table (AP), printed next to what this run measured; tests/test_faults.py checks
+#: that it matches README.md
+README_REFERENCE = {"teacher": 45.0, "baseline student": 34.1, "TID student": 40.1}
 
 
 def parse_args(argv=None):
@@ -129,12 +132,14 @@ def main(argv=None):
     rows = [("teacher", results["teacher"]), ("baseline student", results["baseline student"]),
             ("TID student", results["TID student"])]
     base_ap = results["baseline student"]["AP"]
-    lines = [f"| model ({args.arch}, tid_shapes_val) | " + " | ".join(METRICS) + " | train time |",
-             "|---" * (len(METRICS) + 2) + "|"]
+    reference = README_REFERENCE if args.arch == "GFL" else {}
+    lines = [f"| model ({args.arch}, tid_shapes_val) | " + " | ".join(METRICS) + " | README AP | train time |",
+             "|---" * (len(METRICS) + 3) + "|"]
     for name, r in rows:
         t = times.get(name)
         t = "cached" if t is None else f"{t / 60:.1f} min"
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + f" | {t} |")
+        ref = f"{reference[name]:.1f}" if name in reference else "–"
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + f" | {ref} | {t} |")
     table = "\n".join(lines)
     delta = results["TID student"]["AP"] - base_ap
     summary = {"arch": args.arch, "results": results, "train_seconds": times, "tid_delta_AP": delta}
@@ -144,6 +149,9 @@ def main(argv=None):
         f.write(table + "\n")
     print("\n" + table)
     print(f"\nTID vs baseline student: {delta:+.1f} AP")
+    if reference:
+        print(f"README reference: TID {reference['TID student'] - reference['baseline student']:+.1f} AP over the "
+              "baseline (README.md, 'Demo results', with the seed spread measured there)")
     print(f"Outputs: {out} (demo_results.md/json, one folder and .log per run, TensorBoard: "
           f"tensorboard --logdir {out})")
 

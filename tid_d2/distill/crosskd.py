@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor
+from torchvision.ops import generalized_box_iou_loss
 
-from ..modeling.losses import giou_loss_weighted
 from ..structures import DenseOutputs
 from .adapters import build_adapter
 from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
@@ -32,11 +32,12 @@ def kd_quality_focal_loss(logits: Tensor, target: Tensor, beta: float = 1.0) -> 
 
 def align_to_teacher(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Tensor:
     """Standardize each student channel over (N, H, W), then give it the mean and std of the same
-    teacher channel (detached), so the teacher's head sees inputs on its own scale. [N, C, H, W]."""
+    teacher channel (detached), so the teacher's head sees inputs on its own scale. [N, C, H, W].
+    Population std (a 1x1 map of one image gives std 0, not NaN)."""
     dims = (0, 2, 3)
-    s_mean, s_std = student.mean(dim=dims, keepdim=True), student.std(dim=dims, keepdim=True)
+    s_mean, s_std = student.mean(dim=dims, keepdim=True), student.std(dim=dims, keepdim=True, correction=0)
     t = teacher.detach()
-    t_mean, t_std = t.mean(dim=dims, keepdim=True), t.std(dim=dims, keepdim=True)
+    t_mean, t_std = t.mean(dim=dims, keepdim=True), t.std(dim=dims, keepdim=True, correction=0)
     return (student - s_mean) / (s_std + eps) * t_std + t_mean
 
 
@@ -140,7 +141,9 @@ class CROSSKD(Distiller):
         weight_sum = weight.sum().clamp(min=1e-6)
         t_boxes = teacher.flat("boxes").detach().float().reshape(-1, 4)
         c_boxes = cross.flat("boxes").float().reshape(-1, 4)
-        loss_box = giou_loss_weighted(c_boxes, t_boxes, weight.reshape(-1)).sum() / weight_sum
+        # torchvision's GIoU: a non-finite box gives a NaN loss (the step's finite-loss check names it)
+        giou = generalized_box_iou_loss(c_boxes, t_boxes, reduction="none")
+        loss_box = (giou * weight.reshape(-1)).sum() / weight_sum
         terms = {"cls": loss_cls * self.cls_weight, "box": loss_box * self.box_weight}
         if teacher.box_logits is not None and cross.box_logits is not None and self.dist_weight > 0:
             t_dist = teacher.flat("box_logits").detach().float()
