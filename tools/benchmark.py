@@ -77,7 +77,8 @@ logger = logging.getLogger("benchmark")
 TEACHER_SEED = 0
 # Random weights: the ResNets use BN instead of FrozenBN (an identity at random init, through which a
 # random R-101 overflows to non-finite boxes); teacher and student alike, so the floor carries it too.
-REALISTIC_OPTS = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNETS.NORM", "BN",
+# LR 0: the optimizer step costs the same, and repeated steps of random weights on one batch cannot diverge.
+REALISTIC_OPTS = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNETS.NORM", "BN", "SOLVER.BASE_LR", "0.0",
                   "INPUT.MIN_SIZE_TRAIN", "(800,)", "INPUT.MAX_SIZE_TRAIN", "1333"]
 REALISTIC_IMAGE_SIZE = (800, 1333)
 # defaults of the knobs left unset: a full run, or --quick
