@@ -17,6 +17,7 @@ from torchvision.ops import generalized_box_iou_loss
 from ..structures import DenseOutputs
 from .adapters import build_adapter
 from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .helpers import feature_pairs
 from .ld import side_kl
 
 __all__ = ["CROSSKD", "align_to_teacher", "kd_quality_focal_loss"]
@@ -111,20 +112,9 @@ class CROSSKD(Distiller):
                 "CrossKD runs the teacher's head on the student's features: build it inside "
                 "TeacherStudent (MODEL.DISTILL.METHODS), which attaches the teacher"
             )
-        if teacher.num_levels != student.num_levels:
-            raise ValueError(
-                f"CrossKD: teacher has {teacher.num_levels} FPN levels, student {student.num_levels}"
-            )
-        feats: List[Tensor] = []
-        for level, (t, s) in enumerate(zip(teacher.features, student.features)):
-            s = self.adapter(s)
-            if s.shape != t.shape:
-                raise ValueError(
-                    f"CrossKD: adapted student features {tuple(s.shape)} != teacher {tuple(t.shape)} "
-                    f"at level {level}; feed both detectors the same images and keep "
-                    "MODEL.DISTILL.ADAPTER on when channels differ"
-                )
-            feats.append(align_to_teacher(s.float(), t.float()).to(t.dtype))
+        # the teacher's scale, not MODEL.DISTILL.FEATURE_NORM's: the result feeds the teacher's head
+        pairs = feature_pairs(teacher, student, self.adapter, "CrossKD")
+        feats = [align_to_teacher(s.float(), t.float()).to(t.dtype) for t, s in pairs]
         return self._teacher.head_outputs(feats, student.image_sizes)
 
     def losses(
