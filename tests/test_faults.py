@@ -177,6 +177,22 @@ def test_stability_slice(tmp_path, tiny_shapes, capsys):
     assert math.isfinite(again["teachers"]["GFL/2"]["AP"])
 
 
+def test_stability_slice_fcos(tmp_path, tiny_shapes):
+    """The FCOS row of the matrix (FCOS teacher -> FCOS student): TID and CrossKD train; LD, which
+    needs box distributions, is not applicable and says so."""
+    tool = _load_tool()
+    argv = ["--stability", "--output", str(tmp_path / "stability"), "--dataset-root", str(tmp_path / "datasets"),
+            "--num-images", "16", "--num-val-images", "8", "--image-sides", "128", "192",
+            "--archs", "FCOS", "--stability-teachers", "2", "--batches", "2", "--seeds", "0",
+            "--iters", "2", "--methods", "tid", "crosskd", "ld",
+            "--opts", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
+            "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192", "DATALOADER.NUM_WORKERS", "0"]
+    res = tool.main(argv)
+    status = {c["method"]: c["status"] for c in res["cells"]}
+    assert status == {"student": "trained", "tid": "trained", "crosskd": "trained", "ld": "n/a"}
+    assert all(c["arch"] == "FCOS" for c in res["cells"]) and "FCOS/2" in res["teachers"]
+
+
 def test_stability_outcomes_name_clipped_steps():
     from tid_d2.benchmark.stability import describe
 

@@ -40,7 +40,7 @@ __all__ = [
 ]
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARCHS = ("GFL", "ATSS")
+ARCHS = ("GFL", "ATSS", "FCOS")
 DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld", "pgd", "crosskd")
 #: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
 STANDARD_ABLATIONS = (
@@ -71,6 +71,7 @@ _ABLATION_KEYS = {
 _CONFIG_FILES = {
     ("quickstart", "GFL"): ("quickstart/GFL-teacher", "quickstart/GFL-student", "quickstart/TID-GFL"),
     ("quickstart", "ATSS"): ("quickstart/ATSS-teacher", "quickstart/ATSS-student", "quickstart/TID-ATSS"),
+    ("quickstart", "FCOS"): ("quickstart/FCOS-teacher", "quickstart/FCOS-student", "quickstart/TID-FCOS"),
     ("realistic", "GFL"): ("GFL-R101-2x-ms", "GFL-R50-1x", "TID-R50"),
     ("realistic", "ATSS"): ("ATSS-R101-1x", "ATSS-R50-1x", "TID-ATSS-R50"),
 }
@@ -205,7 +206,8 @@ def register_benchmark_datasets(spec: DatasetSpec) -> Tuple[str, str]:
 def config_file(arch: str, role: str, size: str = "quickstart") -> str:
     """The config file of `role` (teacher | student | distill) for `arch` at `size`."""
     if (size, arch) not in _CONFIG_FILES:
-        raise ValueError(f"no {size} configs for --arch {arch}; choose one of {ARCHS}")
+        have = [a for (z, a) in _CONFIG_FILES if z == size]
+        raise ValueError(f"no {size} configs for --arch {arch}; {size} configs exist for {have}")
     if role not in _ROLES:
         raise ValueError(f"role must be one of {_ROLES}, got {role!r}")
     name = _CONFIG_FILES[(size, arch)][_ROLES.index(role)]
