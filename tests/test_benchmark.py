@@ -35,6 +35,7 @@ from conftest import REPO
 BASE = {0: {"AP": 10.0, "AP50": 20.0, "AP75": 8.0, "APs": None}, 1: {"AP": 12.0, "AP50": 22.0, "AP75": 9.0,
         "APs": None}, 2: {"AP": 14.0, "AP50": 24.0, "AP75": 10.0, "APs": None}}
 TID = {0: {"AP": 12.0, "AP50": 23.0}, 1: {"AP": 13.0, "AP50": 23.0}, 2: {"AP": 17.0, "AP50": 26.0}}
+FITNET = {0: {"AP": 11.0}, 1: {"AP": 15.0}, 2: {"AP": 17.0}}  # vs TID per seed: -1, +2, 0
 TEACHER = {"AP": 20.0, "AP50": 30.0}
 COSTS = {
     "student": {"step_time_s": 0.5, "peak_mem_bytes": 100},
@@ -46,7 +47,7 @@ COSTS = {
 
 def _results():
     return build_results(names=["tid", "fitnet"], teacher=TEACHER, baseline_runs=BASE,
-                         method_runs={"tid": TID, "fitnet": TID}, costs={"cpu": COSTS},
+                         method_runs={"tid": TID, "fitnet": FITNET}, costs={"cpu": COSTS},
                          not_applicable={"ld": "needs GFL"}, config={"arch": "GFL", "seeds": [0, 1, 2]})
 
 
@@ -91,6 +92,10 @@ def test_results_schema_json_and_errors():
     assert (m["AP"], m["delta_AP"], m["gap_closed"], m["step_time_ratio"]) == (14.0, 2.0, 0.25, 1.5)
     assert m["cost"]["cpu"]["step_time_s"] == 1.5 and res["cost"]["cpu"]["student_step_time_ratio"] == 0.5
     assert res["teacher"]["AP"] == 20.0 and res["not_applicable"] == {"ld": "needs GFL"}
+    f = res["methods"]["fitnet"]
+    assert f["delta_AP_vs_ref"] == pytest.approx(1 / 3) and f["delta_AP_vs_ref_std"] == pytest.approx(1.5275, abs=1e-4)
+    assert "delta_AP_vs_ref" not in m and res["config"]["reference"] == "tid"
+    assert build_results(names=["fitnet"], method_runs={"fitnet": FITNET}, config={})["config"]["reference"] is None
     json.dumps(res, allow_nan=False)
     bad = json.loads(json.dumps(res))
     del bad["methods"]["fitnet"]["peak_mem_ratio"]
@@ -113,6 +118,9 @@ def test_markdown_and_chart(tmp_path):
     md = format_markdown(res)
     assert "| tid | 14.0 ± 2.6 |" in md and "+2.0 ± 1.0 | 25% |" in md
     assert "| baseline (student) | 12.0 ± 2.0 |" in md and "| teacher | 20.0 |" in md
+    assert "| ΔAP | gap closed | ΔAP vs tid | AP per seed |" in md
+    assert "| +2.0 ± 1.0 | 25% |  | 12.0 / 13.0 / 17.0 |" in md  # tid: no delta with itself
+    assert "| +2.3 ± 1.2 | 29% | +0.3 ± 1.5 | 11.0 / 15.0 / 17.0 |" in md
     assert "| tid | 1.50× | 3.00× | 1.50× | 3.00× | 20.0% |" in md
     assert "ld: not applicable (needs GFL)" in md
     path = plot_results(res, str(tmp_path / "chart.png"))

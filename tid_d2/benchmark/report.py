@@ -112,12 +112,15 @@ def build_results(
     method_info: Optional[Mapping[str, Mapping]] = None,
     not_applicable: Optional[Mapping[str, str]] = None,
     config: Optional[Mapping] = None,
+    reference: str = "tid",
 ) -> Dict:
     """
     The results.json dict. `teacher`: the teacher's metrics; `baseline_runs` / `method_runs`:
     {seed: metrics} (per method name); `costs`: {"cpu": measure_costs(...), "cuda": ...}, the "cpu"
     one filling the headline ratios; `method_info`: extra fields per method (e.g. its config
-    methods and overrides). Missing measurements are None.
+    methods and overrides); `reference`: the method every other one is also compared with, paired
+    by seed (delta_AP_vs_ref and its std; none when it is not among `names`). Missing
+    measurements are None.
     """
     costs = dict(costs or {})
     ratios = {dev: cost_ratios(c) for dev, c in costs.items()}
@@ -136,6 +139,11 @@ def build_results(
         }
         entry.update((method_info or {}).get(name, {}))
         methods[name] = entry
+    if reference in methods:
+        for name, entry in methods.items():
+            if name != reference:
+                d = compare_to_baseline(entry, methods[reference], None)
+                entry["delta_AP_vs_ref"], entry["delta_AP_vs_ref_std"] = d["delta_AP"], d["delta_AP_std"]
     cost_summary = {dev: {k: v for k, v in c.items() if k != "methods"} for dev, c in costs.items()}
     for dev, c in cost_summary.items():
         c["student_step_time_ratio"] = c["student"]["step_time_s"] / c["floor"]["step_time_s"]
@@ -145,7 +153,7 @@ def build_results(
         "methods": methods,
         "not_applicable": dict(not_applicable or {}),
         "cost": cost_summary,
-        "config": dict(config or {}),
+        "config": dict(config or {}, reference=reference if reference in methods else None),
     })
 
 
@@ -213,17 +221,27 @@ def _accuracy_section(results: Mapping) -> List[str]:
     base, teacher = results["baseline"], results["teacher"]
     if not (_finite(teacher.get("AP")) or _finite(base.get("AP"))):
         return []
-    rows = [["teacher"] + [_num(teacher.get(m)) for m in METRICS] + ["", ""],
-            ["baseline (student)"] + [_pm(base, m) for m in METRICS] + ["", ""]]
+    ref = results["config"].get("reference")
+    extra = [f"ΔAP vs {ref}"] if ref else []
+
+    def per_seed(entry):
+        return " / ".join(_num(r.get("AP")) for r in entry.get("per_seed", {}).values())
+
+    rows = [["teacher"] + [_num(teacher.get(m)) for m in METRICS] + ["", ""] + [""] * len(extra) + [""],
+            ["baseline (student)"] + [_pm(base, m) for m in METRICS] + ["", ""] + [""] * len(extra)
+            + [per_seed(base)]]
     for name, m in results["methods"].items():
         delta = {k: m.get(k) for k in ("delta_AP", "delta_AP_std", "seeds")}
+        vs_ref = {"d": m.get("delta_AP_vs_ref"), "d_std": m.get("delta_AP_vs_ref_std"), "seeds": m.get("seeds")}
         gap = m.get("gap_closed")
         rows.append([name] + [_pm(m, k) for k in METRICS]
-                    + [_pm(delta, "delta_AP", signed=True), f"{100 * gap:.0f}%" if _finite(gap) else "–"])
+                    + [_pm(delta, "delta_AP", signed=True), f"{100 * gap:.0f}%" if _finite(gap) else "–"]
+                    + ([_pm(vs_ref, "d", signed=True) if name != ref else ""] if ref else []) + [per_seed(m)])
+    vs = f"; ΔAP vs {ref} the same, paired with {ref}'s seeds" if ref else ""
     return ["## Accuracy (COCO bbox AP)", "",
             "mean ± sample std over seeds; ΔAP vs the baseline student (± std of the per-seed paired "
-            "differences); gap closed = (AP − AP_base) / (AP_teacher − AP_base).", ""] + _table(
-        ["method", *METRICS, "ΔAP", "gap closed"], rows) + [""]
+            f"differences){vs}; gap closed = (AP − AP_base) / (AP_teacher − AP_base); AP per seed.",
+            ""] + _table(["method", *METRICS, "ΔAP", "gap closed", *extra, "AP per seed"], rows) + [""]
 
 
 def _cost_row(name: str, c: Mapping, floor: Mapping, student: Mapping) -> List[str]:
