@@ -247,3 +247,22 @@ def test_demo_reference_matches_the_readme_table():
         assert m, f"README demo table has no '{name}' row"
         rows[name] = float(m.group(1))
     assert rows == run_demo.README_REFERENCE
+
+
+def test_demo_seed_spread_and_table():
+    """tools/run_demo.py --seeds: mean and sample std of both students and of their paired delta; the
+    table shows the first seed's run next to the README reference."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
+    run_demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_demo)
+    ap = lambda v: {k: v for k in run_demo.METRICS}  # noqa: E731
+    per_seed = {0: {"baseline student": ap(30.0), "TID student": ap(34.0)},
+                1: {"baseline student": ap(32.0), "TID student": ap(35.0)}}
+    spread = run_demo.seed_spread(per_seed)
+    assert spread["baseline student"] == pytest.approx((31.0, 2 ** 0.5))
+    assert spread["TID - baseline"] == pytest.approx((3.5, 0.5 ** 0.5))
+    results = dict(per_seed[0], teacher=ap(45.0))
+    table = run_demo.format_table("GFL", 0, results, {"teacher": None, "TID student": 60.0}, {"teacher": 44.0})
+    assert "| teacher | 45.0" in table and "| 44.0 | cached |" in table and "| 1.0 min |" in table

@@ -4,10 +4,12 @@ The embedded demo (`make demo`): on tid_shapes, train the quickstart teacher (ca
 the baseline student and the TID student, evaluate all three and print an AP table.
 
     python tools/run_demo.py [--arch GFL|ATSS] [--output output/demo] [--iters N] [--teacher-iters N]
+    python tools/run_demo.py --seeds 0 1 2     (one teacher, the two students on each seed: the seed spread)
 """
 import argparse
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -27,7 +29,9 @@ def parse_args(argv=None):
     p.add_argument("--output", default=os.path.join("output", "demo"), help="root of all outputs")
     p.add_argument("--iters", type=int, default=None, help="student iterations (default: the config's)")
     p.add_argument("--teacher-iters", type=int, default=None, help="teacher iterations")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the teacher (and of the students without --seeds)")
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="train both students on each of these seeds and report mean and std over them")
     p.add_argument("--retrain-teacher", action="store_true", help="ignore a cached teacher")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides for all three runs")
     return p.parse_args(argv)
@@ -90,6 +94,35 @@ def config_key(paths, opts):
     return h.hexdigest()[:16]
 
 
+def format_table(arch, seed, results, times, reference):
+    """The demo's markdown AP table: teacher and both students (seed `seed`), the README's AP beside each."""
+    lines = [f"| model ({arch}, tid_shapes_val, seed {seed}) | " + " | ".join(METRICS) + " | README AP | train time |",
+             "|---" * (len(METRICS) + 3) + "|"]
+    for name in ("teacher", "baseline student", "TID student"):
+        r, t = results[name], times.get(name)
+        t = "cached" if t is None else f"{t / 60:.1f} min"
+        ref = f"{reference[name]:.1f}" if name in reference else "–"
+        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + f" | {ref} | {t} |")
+    return "\n".join(lines)
+
+
+def seed_spread(per_seed):
+    """{seed: {"baseline student": ap, "TID student": ap}} -> (mean, sample std) of both APs and their delta."""
+    aps = {"baseline student": [], "TID student": [], "TID - baseline": []}
+    for r in per_seed.values():
+        b, t = r["baseline student"]["AP"], r["TID student"]["AP"]
+        aps["baseline student"].append(b)
+        aps["TID student"].append(t)
+        aps["TID - baseline"].append(t - b)
+    return {k: _mean_std(v) for k, v in aps.items()}
+
+
+def _mean_std(values):
+    """Mean and sample std; a NaN AP (no detections on an undefined metric) propagates instead of raising."""
+    m = sum(values) / len(values)
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
 def main(argv=None):
     args = parse_args(argv)
     out = os.path.abspath(args.output)
@@ -118,37 +151,40 @@ def main(argv=None):
             f.write(key)
     results["teacher"] = final_ap(teacher_dir)
 
-    student_opts = common + schedule(args.iters)
-    runs = [
-        ("baseline student", f"{args.arch}-student.yaml", f"{args.arch}-student", []),
-        ("TID student", f"TID-{args.arch}.yaml", f"TID-{args.arch}", ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
-    ]
-    for name, cfg, dirname, extra in runs:
-        run_dir = os.path.join(out, dirname)
-        opts = student_opts + extra + ["OUTPUT_DIR", run_dir]
-        times[name] = run(name, os.path.join(qs, cfg), opts, os.path.join(out, f"{dirname}.log"))
-        results[name] = final_ap(run_dir)
+    seeds = args.seeds or [args.seed]
+    per_seed = {}
+    for seed in seeds:
+        suffix = "" if seed == args.seed else f"-seed{seed}"
+        student_opts = ["SEED", str(seed)] + list(args.opts) + schedule(args.iters)
+        runs = [
+            ("baseline student", f"{args.arch}-student.yaml", f"{args.arch}-student", []),
+            ("TID student", f"TID-{args.arch}.yaml", f"TID-{args.arch}", ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
+        ]
+        for name, cfg, dirname, extra in runs:
+            run_dir = os.path.join(out, dirname + suffix)
+            opts = student_opts + extra + ["OUTPUT_DIR", run_dir]
+            elapsed = run(f"{name}, seed {seed}", os.path.join(qs, cfg), opts,
+                          os.path.join(out, f"{dirname}{suffix}.log"))
+            per_seed.setdefault(seed, {})[name] = final_ap(run_dir)
+            if seed == seeds[0]:
+                times[name] = elapsed
+    results.update(per_seed[seeds[0]])
 
-    rows = [("teacher", results["teacher"]), ("baseline student", results["baseline student"]),
-            ("TID student", results["TID student"])]
-    base_ap = results["baseline student"]["AP"]
     reference = README_REFERENCE if args.arch == "GFL" else {}
-    lines = [f"| model ({args.arch}, tid_shapes_val) | " + " | ".join(METRICS) + " | README AP | train time |",
-             "|---" * (len(METRICS) + 3) + "|"]
-    for name, r in rows:
-        t = times.get(name)
-        t = "cached" if t is None else f"{t / 60:.1f} min"
-        ref = f"{reference[name]:.1f}" if name in reference else "–"
-        lines.append(f"| {name} | " + " | ".join(f"{r[k]:.1f}" for k in METRICS) + f" | {ref} | {t} |")
-    table = "\n".join(lines)
-    delta = results["TID student"]["AP"] - base_ap
-    summary = {"arch": args.arch, "results": results, "train_seconds": times, "tid_delta_AP": delta}
+    table = format_table(args.arch, seeds[0], results, times, reference)
+    spread = seed_spread(per_seed) if len(seeds) > 1 else None
+    delta = results["TID student"]["AP"] - results["baseline student"]["AP"]
+    summary = {"arch": args.arch, "results": results, "train_seconds": times, "tid_delta_AP": delta,
+               "seeds": seeds, "per_seed": {str(s): r for s, r in per_seed.items()}, "seed_spread": spread}
     with open(os.path.join(out, "demo_results.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out, "demo_results.md"), "w") as f:
         f.write(table + "\n")
     print("\n" + table)
-    print(f"\nTID vs baseline student: {delta:+.1f} AP")
+    print(f"\nTID vs baseline student: {delta:+.1f} AP (seed {seeds[0]})")
+    if spread:
+        print(f"Over seeds {' '.join(map(str, seeds))}: " + "; ".join(
+            f"{k} {m:.1f} +- {sd:.1f}" for k, (m, sd) in spread.items()))
     if reference:
         print(f"README reference: TID {reference['TID student'] - reference['baseline student']:+.1f} AP over the "
               "baseline (README.md, 'Demo results', with the seed spread measured there)")
