@@ -218,27 +218,28 @@ def test_a_bar_is_drawn_only_on_a_terminal_with_columns(monkeypatch):
         assert draws_a_bar(FakeTTY()) is expected
 
 
-@pytest.mark.parametrize("iters, steps", [(4, "(3,)"), (2, "(1,)"), (1, "()"), (100, "(75, 92)")])
-def test_demo_schedule_is_valid_for_short_runs(iters, steps):
-    """tools/run_demo.py --iters N: LR steps strictly increasing and inside the run (N=4 used to
-    give (3, 3), which Detectron2's scheduler refuses)."""
+def _load_run_demo():
+    """tools/run_demo.py as a module (it is a script, not part of the package)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
     run_demo = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(run_demo)
+    return run_demo
+
+
+@pytest.mark.parametrize("iters, steps", [(4, "(3,)"), (2, "(1,)"), (1, "()"), (100, "(75, 92)")])
+def test_demo_schedule_is_valid_for_short_runs(iters, steps):
+    """tools/run_demo.py --iters N: LR steps strictly increasing and inside the run (N=4 used to
+    give (3, 3), which Detectron2's scheduler refuses)."""
+    run_demo = _load_run_demo()
     opts = run_demo.schedule(iters)
     assert opts[opts.index("SOLVER.STEPS") + 1] == steps
 
 
 def test_demo_reference_matches_the_readme_table():
     """What `make demo` prints as the README's reference is the README's demo table (AP column)."""
-    import importlib.util
-    import re
-
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
-    run_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_demo)
+    run_demo = _load_run_demo()
     readme = open(os.path.join(REPO, "README.md")).read()
     section = readme[readme.index("### Demo results"):]
     rows = {}
@@ -252,11 +253,7 @@ def test_demo_reference_matches_the_readme_table():
 def test_demo_seed_spread_and_table():
     """tools/run_demo.py --seeds: mean and sample std of both students and of their paired delta; the
     table shows the first seed's run next to the README reference."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("run_demo", os.path.join(REPO, "tools", "run_demo.py"))
-    run_demo = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(run_demo)
+    run_demo = _load_run_demo()
     ap = lambda v: {k: v for k in run_demo.METRICS}  # noqa: E731
     per_seed = {0: {"baseline student": ap(30.0), "TID student": ap(34.0)},
                 1: {"baseline student": ap(32.0), "TID student": ap(35.0)}}

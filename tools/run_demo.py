@@ -9,11 +9,12 @@ the baseline student and the TID student, evaluate all three and print an AP tab
 import argparse
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
 import time
+
+from tid_d2.benchmark.report import mean_std
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN_NET = os.path.join(REPO, "projects", "TID", "train_net.py")
@@ -107,20 +108,15 @@ def format_table(arch, seed, results, times, reference):
 
 
 def seed_spread(per_seed):
-    """{seed: {"baseline student": ap, "TID student": ap}} -> (mean, sample std) of both APs and their delta."""
+    """{seed: {"baseline student": ap, "TID student": ap}} -> (mean, sample std) of both APs and their delta,
+    over the seeds where they are finite ((None, None) where none is)."""
     aps = {"baseline student": [], "TID student": [], "TID - baseline": []}
     for r in per_seed.values():
         b, t = r["baseline student"]["AP"], r["TID student"]["AP"]
         aps["baseline student"].append(b)
         aps["TID student"].append(t)
         aps["TID - baseline"].append(t - b)
-    return {k: _mean_std(v) for k, v in aps.items()}
-
-
-def _mean_std(values):
-    """Mean and sample std; a NaN AP (no detections on an undefined metric) propagates instead of raising."""
-    m = sum(values) / len(values)
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+    return {k: mean_std(v) for k, v in aps.items()}
 
 
 def main(argv=None):
@@ -153,13 +149,13 @@ def main(argv=None):
 
     seeds = args.seeds or [args.seed]
     per_seed = {}
+    runs = [
+        ("baseline student", f"{args.arch}-student.yaml", f"{args.arch}-student", []),
+        ("TID student", f"TID-{args.arch}.yaml", f"TID-{args.arch}", ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
+    ]
     for seed in seeds:
         suffix = "" if seed == args.seed else f"-seed{seed}"
         student_opts = ["SEED", str(seed)] + list(args.opts) + schedule(args.iters)
-        runs = [
-            ("baseline student", f"{args.arch}-student.yaml", f"{args.arch}-student", []),
-            ("TID student", f"TID-{args.arch}.yaml", f"TID-{args.arch}", ["MODEL.TEACHER.WEIGHTS", teacher_weights]),
-        ]
         for name, cfg, dirname, extra in runs:
             run_dir = os.path.join(out, dirname + suffix)
             opts = student_opts + extra + ["OUTPUT_DIR", run_dir]
@@ -184,7 +180,7 @@ def main(argv=None):
     print(f"\nTID vs baseline student: {delta:+.1f} AP (seed {seeds[0]})")
     if spread:
         print(f"Over seeds {' '.join(map(str, seeds))}: " + "; ".join(
-            f"{k} {m:.1f} +- {sd:.1f}" for k, (m, sd) in spread.items()))
+            f"{k} n/a" if m is None else f"{k} {m:.1f} +- {sd:.1f}" for k, (m, sd) in spread.items()))
     if reference:
         print(f"README reference: TID {reference['TID student'] - reference['baseline student']:+.1f} AP over the "
               "baseline (README.md, 'Demo results', with the seed spread measured there)")
