@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """
-projects/TID/train_net.py with the tests' tiny tid_shapes datasets registered in every process
-(DDP workers included), for tests that run training in a subprocess:
+projects/TID/train_net.py (a .yaml --config-file) or lazy_train_net.py (a .py one) with the tests'
+tiny tid_shapes datasets registered in every process (DDP workers included), for tests that run
+training in a subprocess:
 
     TID_TINY_ROOT=/tmp/ds [TID_TINY_SIDES=128,128] python tests/_train_tiny.py <train_net.py args>
 
@@ -14,6 +15,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "projects", "TID"))
 
+import lazy_train_net  # noqa: E402
 import train_net  # noqa: E402  (also puts the repository on sys.path)
 from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.engine import default_argument_parser, launch  # noqa: E402
@@ -33,7 +35,8 @@ def register_tiny() -> None:
 
 def main(args):
     register_tiny()
-    return train_net.main(args)
+    entry_point = lazy_train_net if args.config_file.endswith(".py") else train_net
+    return entry_point.main(args)
 
 
 if __name__ == "__main__":

@@ -157,47 +157,67 @@ def test_ddp_two_cpu_processes_match_one_process(teacher, tmp_path):
     assert "distillers.tid.adapter.weight" in ckpt["model"]
 
 
-def _train_net_cmd(teacher: str, out: str, *opts, resume: bool = False):
+# ----- SIGKILL, then --resume, on both entry points -------------------------------------------------
+RUNS = {  # (entry point, model) -> the quickstart config and its overrides (+ YAML_OPTS or LAZY_OPTS)
+    ("yaml", "plain"): ("configs/quickstart/GFL-student.yaml", []),
+    ("yaml", "TID"): ("configs/quickstart/TID-GFL.yaml", ["MODEL.TEACHER.WEIGHTS", "{teacher}"]),
+    ("lazy", "plain"): ("configs/lazy/quickstart/gfl_student.py", []),
+    ("lazy", "TID"): ("configs/lazy/quickstart/tid_gfl.py", ["model.teacher.weights={teacher}"]),
+}
+YAML_OPTS = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
+             "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", "{out}"]
+LAZY_OPTS = ["train.max_iter=6", "train.checkpointer.period=2", "train.output_dir={out}",
+             "dataloader.train.dataset.names=tid_shapes_tiny_train", "dataloader.train.num_workers=0",
+             "dataloader.test.dataset.names=tid_shapes_tiny_val", "dataloader.test.num_workers=0"]
+
+
+def _train_net_cmd(run, teacher: str, out: str, resume: bool = False):
+    """tests/_train_tiny.py (train_net.py or lazy_train_net.py on the tiny dataset) for `run`."""
+    config, opts = RUNS[run]
+    opts = opts + (YAML_OPTS if run[0] == "yaml" else LAZY_OPTS)
     return [
         sys.executable, os.path.join(REPO, "tests", "_train_tiny.py"),
-        *(["--resume"] if resume else []),
-        "--config-file", os.path.join(REPO, "configs", "quickstart", "TID-GFL.yaml"),
-        "MODEL.TEACHER.WEIGHTS", teacher, "OUTPUT_DIR", out, *opts,
+        *(["--resume"] if resume else []), "--config-file", os.path.join(REPO, config),
+        *(o.format(teacher=teacher, out=out) for o in opts),
     ]
 
 
-def test_sigkill_mid_run_then_resume_ends_with_uninterrupted_weights(teacher, tmp_path):
-    """A TID run killed with SIGKILL right after a checkpoint, then `--resume`d, ends with the
-    weights of an uninterrupted run; the latest checkpoint is always a complete file."""
+@pytest.mark.parametrize("run", list(RUNS), ids=["-".join(r) for r in RUNS])
+def test_sigkill_after_a_checkpoint_then_resume_is_bit_identical(run, teacher, tmp_path):
+    """A real training process (plain student or TID, YAML or LazyConfig entry point) killed with
+    SIGKILL right after a checkpoint, then `--resume`d, ends with bit for bit the weights of an
+    uninterrupted run; the latest checkpoint is always a complete file."""
     import signal
     import time
 
     root = str(tmp_path / "datasets")
     env = dict(os.environ, TID_TINY_ROOT=root, TID_TINY_SIDES="128,128", OMP_NUM_THREADS="1")
-    opts = ["SOLVER.MAX_ITER", "6", "SOLVER.CHECKPOINT_PERIOD", "2", "DATASETS.TEST", "()",
-            "DATALOADER.NUM_WORKERS", "0"]
     full, killed = str(tmp_path / "full"), str(tmp_path / "killed")
-    subprocess.run(_train_net_cmd(teacher, full, *opts), cwd=REPO, env=env, check=True,
+    subprocess.run(_train_net_cmd(run, teacher, full), cwd=REPO, env=env, check=True,
                    capture_output=True, timeout=400)
 
-    proc = subprocess.Popen(_train_net_cmd(teacher, killed, *opts), cwd=REPO, env=env,
+    proc = subprocess.Popen(_train_net_cmd(run, teacher, killed), cwd=REPO, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     tag = os.path.join(killed, "last_checkpoint")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if os.path.isfile(tag) and open(tag).read().strip() == "model_0000003.pth":
             break
-        time.sleep(0.05)
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not os.path.exists(os.path.join(killed, "model_final.pth"))
     latest = os.path.join(killed, open(tag).read().strip())
-    torch.load(latest, map_location="cpu", weights_only=False)  # complete, loadable
+    resume_at = torch.load(latest, map_location="cpu", weights_only=False)["iteration"] + 1  # complete
 
-    subprocess.run(_train_net_cmd(teacher, killed, *opts, resume=True), cwd=REPO, env=env,
-                   check=True, capture_output=True, timeout=400)
+    log = subprocess.run(_train_net_cmd(run, teacher, killed, resume=True), cwd=REPO, env=env,
+                         check=True, capture_output=True, text=True, timeout=400)
+    assert f"Starting training from iteration {resume_at}" in log.stdout + log.stderr  # not from 0
     want = torch.load(os.path.join(full, "model_final.pth"), map_location="cpu", weights_only=False)
     got = torch.load(os.path.join(killed, "model_final.pth"), map_location="cpu", weights_only=False)
     assert got["iteration"] == want["iteration"] == 5
+    assert got["model"].keys() == want["model"].keys()
+    assert any(k.startswith("distillers.") for k in want["model"]) == (run[1] == "TID")
     for k, v in want["model"].items():
-        assert torch.allclose(got["model"][k], v, atol=1e-6), k
+        assert torch.equal(got["model"][k], v), k
