@@ -1,5 +1,5 @@
 """Faults that must not pass silently: a training set without annotations, boxes Detectron2 drops,
-training progress without a terminal, and a stability matrix that records divergence."""
+training and dataset-generation progress without a terminal, and a stability matrix that records divergence."""
 import io
 import json
 import logging
@@ -149,6 +149,17 @@ def test_progress_bar_and_stop():
     assert "3/10" in text and "loss 2" in text  # the tqdm bar, drawn to `file`
     assert text.splitlines()[-1].startswith(
         "[progress] toy: stopped by an exception at iteration 3 of 10")
+
+
+def test_dataset_generation_logs_lines_without_a_terminal(tmp_path, caplog, capsys):
+    """Generating tid_shapes with stderr not a terminal: a log line every 10% and no tqdm bar."""
+    from tid_d2.data import shapes
+
+    with caplog.at_level(logging.INFO, logger="tid_d2.data.shapes"):
+        shapes.generate_shapes(str(tmp_path), "val", 20, sides=(64, 64), dirname="lines")
+    counts = [m for m in caplog.messages if "images (" in m]
+    assert counts == [f"tid_shapes: lines/val: {k}/20 images ({5 * k}%)" for k in range(2, 21, 2)]
+    assert "\r" not in capsys.readouterr().err
 
 
 def test_stability_slice(tmp_path, tiny_shapes, capsys):

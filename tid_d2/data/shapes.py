@@ -25,9 +25,11 @@ import functools
 import glob
 import json
 import logging
+import math
 import multiprocessing
 import os
 import shutil
+import sys
 import tempfile
 import zlib
 from dataclasses import dataclass
@@ -58,6 +60,8 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 VERSION = 1  # bump whenever the drawing changes: existing data is then regenerated
+#: without a terminal, generation logs one line every this many percent of the images.
+GENERATION_LINE_PERCENT = 10
 DEFAULT_SEED = 0
 DEFAULT_NUM_IMAGES = {"train": 800, "val": 200}
 DEFAULT_DIRNAME = "tid_shapes"
@@ -568,7 +572,8 @@ def generate_shapes(
         dirname: folder under root; None: :func:`variant_dirname` of the params.
         num_workers: processes to render with (0: in this process); the output is the same.
         force: regenerate even if a complete split with the same params exists.
-        progress: show a tqdm progress bar.
+        progress: show a tqdm bar on a terminal, else (CI, a log file) a log line every
+            ``GENERATION_LINE_PERCENT`` percent of the images.
     """
     num_images = _default_num_images(split) if num_images is None else int(num_images)
     sides = (int(sides[0]), int(sides[1]))
@@ -622,18 +627,26 @@ def _render_split(params: Dict, image_dir: str, num_workers: int, progress: bool
         sides=tuple(params["sides"]),
         image_dir=image_dir,
     )
-    bar = tqdm(total=n, desc=f"{dirname}/{params['split']}", disable=not progress, unit="img")
+    desc = f"{dirname}/{params['split']}"
+    on_terminal = progress and sys.stderr.isatty()
+    bar = tqdm(total=n, desc=desc, disable=not on_terminal, unit="img")
+    line_every = max(1, math.ceil(n * GENERATION_LINE_PERCENT / 100))
     results = []
+
+    def done(record):
+        results.append(record)
+        bar.update()
+        if progress and not on_terminal and (len(results) % line_every == 0 or len(results) == n):
+            logger.info(f"tid_shapes: {desc}: {len(results)}/{n} images ({100 * len(results) // n}%)")
+
     if num_workers > 0:
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         with multiprocessing.get_context(method).Pool(num_workers) as pool:
             for r in pool.imap(job, range(n), chunksize=8):
-                results.append(r)
-                bar.update()
+                done(r)
     else:
         for i in range(n):
-            results.append(job(i))
-            bar.update()
+            done(job(i))
     bar.close()
     records, objects = zip(*results)
     return _coco_dict(records, objects, params)
