@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 
 from conftest import REPO, quickstart_cfg
 from test_lazy_config import tiny_lazy_args
+from tid_d2.checkpoint import read_error
 from tid_d2.engine import TIDTrainer
 from tid_d2.engine.defaults import build_eval_model
 from tid_d2.engine.lazy import build_lazy_eval_model, build_lazy_trainer
@@ -111,3 +112,14 @@ def test_resume_from_a_truncated_last_checkpoint(entry, good_checkpoint, tiny_sh
     else:
         with pytest.raises(ValueError, match=says):
             build_lazy_trainer(lazy_cfg("gfl_student.py", tiny_shapes, out), resume=True)
+
+
+def test_read_errors_are_cut_at_a_sentence_end():
+    text = ("PytorchStreamReader failed reading zip archive: failed finding central directory. "
+            "This is an internal miniz error. " + "More words follow here. " * 10)
+    got = read_error(RuntimeError(text))
+    message = got[len("RuntimeError: "):]
+    assert got.startswith("RuntimeError: ") and text.startswith(message)
+    assert message.endswith("here.") and len(message) <= 200 < len(message) + len("More words follow here. ")
+    assert read_error(ValueError("x" * 300), limit=10) == "ValueError: " + "x" * 10 + "..."
+    assert read_error(OSError("short\n  message")) == "OSError: short message"

@@ -6,9 +6,19 @@ from typing import Callable, Dict, Optional
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-__all__ = ["load_weights", "student_state_dict"]
+__all__ = ["load_weights", "read_error", "student_state_dict"]
 
 StateDict = Dict[str, torch.Tensor]
+
+
+def read_error(e: BaseException, limit: int = 200) -> str:
+    """`e` as "Type: message", cut at the last sentence end within `limit` characters (torch's
+    unreadable-file messages run on for lines)."""
+    text = " ".join(str(e).split())
+    if len(text) > limit:
+        end = text.rfind(". ", 0, limit)
+        text = text[: end + 1] if end > 0 else text[:limit] + "..."
+    return f"{type(e).__name__}: {text}"
 
 
 def student_state_dict(model_state: StateDict) -> StateDict:
@@ -74,7 +84,7 @@ def load_weights(
         ckp.load(path, checkpointables=[])
     except Exception as e:  # torch/pickle raise many types for unreadable files
         raise ValueError(
-            f"{key}={path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]}); "
+            f"{key}={path} cannot be read as a checkpoint ({read_error(e)}); "
             "expected a file written by torch.save / DetectionCheckpointer (.pth) or a Detectron2 "
             ".pkl. Is it truncated (an interrupted copy or download)?"
         ) from None

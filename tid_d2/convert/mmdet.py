@@ -13,7 +13,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 
-from ..checkpoint import atomic_write
+from ..checkpoint import atomic_write, read_error
 
 __all__ = [
     "convert_mmdet_checkpoint",
@@ -139,7 +139,7 @@ def read_mmdet_state_dict(path: str, trust_pickle: bool = False) -> StateDict:
             else " Is it truncated (an interrupted download)?"
         )
         raise ValueError(
-            f"{path} cannot be read as a torch checkpoint ({type(e).__name__}: {str(e)[:200]}).{hint}"
+            f"{path} cannot be read as a torch checkpoint ({read_error(e)}).{hint}"
         ) from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict) or not state or not all(

@@ -17,7 +17,7 @@ from detectron2.engine.defaults import create_ddp_model as _d2_create_ddp_model
 from detectron2.evaluation import COCOEvaluator, PascalVOCDetectionEvaluator
 from detectron2.modeling import build_model
 
-from ..checkpoint import load_weights
+from ..checkpoint import load_weights, read_error
 from ..config import add_tid_config
 from .hooks import unwrap
 
@@ -146,9 +146,8 @@ def resume_or_load(checkpointer, weights: str, *, resume: bool, key: str) -> int
             checkpoint = checkpointer.load(path)
         except Exception as e:
             raise ValueError(
-                f"--resume: the last checkpoint {path} cannot be read ({type(e).__name__}: "
-                f"{str(e)[:200]}); delete it or point {os.path.join(checkpointer.save_dir, 'last_checkpoint')} "
-                "at an earlier one"
+                f"--resume: the last checkpoint {path} cannot be read ({read_error(e)}); delete it "
+                f"or point {os.path.join(checkpointer.save_dir, 'last_checkpoint')} at an earlier one"
             ) from None
         return checkpoint.get("iteration", -1) + 1
     if weights:

@@ -106,7 +106,8 @@ def giou_loss_weighted(pred_boxes: Tensor, target_boxes: Tensor, weights: Tensor
             raise
         raise FloatingPointError(
             "non-finite predicted boxes in the GIoU loss: the weights diverged at the previous "
-            "optimizer step; lower SOLVER.BASE_LR or the distillation loss weights, or set "
-            "SOLVER.CLIP_GRADIENTS.ENABLED True"
+            "optimizer step; lower SOLVER.BASE_LR or the distillation loss weights, or bound the "
+            "gradient norm (MODEL.DISTILL.MAX_GRAD_NORM when distilling, on by default; "
+            "SOLVER.CLIP_GRADIENTS for a plain detector)"
         ) from e
     return loss * weights
