@@ -92,6 +92,27 @@ def test_dropped_boxes_by_reason_as_detectron2_drops_them(tmp_path, caplog):
     assert "4 of its 14 boxes" in warnings[0] and "2 non-positive size" in warnings[0]
 
 
+def test_the_report_is_said_once_per_process_while_the_data_is_unchanged(tmp_path, caplog):
+    """A benchmark builds many trainers on one dataset: its table and warning come once, and again
+    when the dataset under that name changes."""
+    def said():
+        tables = [r for r in caplog.records if "Training data" in r.getMessage()]
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        caplog.clear()
+        return len(tables), len(warnings)
+
+    boxes = [[[4, 4, 10, 10], [10, 10, 0, 5]], [[4, 4, 10, 10]]]
+    _register_coco(tmp_path, "faults_said_once", boxes)
+    with caplog.at_level(logging.INFO, logger="tid_d2.data.dataset_report"):
+        report_datasets(["faults_said_once"])
+        assert said() == (1, 1)
+        report_datasets(["faults_said_once"])
+        assert said() == (0, 0)
+        _register_coco(tmp_path, "faults_said_once", boxes + [[[1, 1, 5, 5]]], num_images=3)
+        report_datasets(["faults_said_once"])
+        assert said() == (1, 1)
+
+
 class _ToyModel(torch.nn.Module):
     """One weight; its loss is w**2 + `shift`, NaN from iteration `nan_at` on."""
 

@@ -121,8 +121,13 @@ def format_reports(reports: Iterable[DatasetReport]) -> str:
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
-def _check(report: DatasetReport) -> None:
-    """Error for a training set without usable boxes; warning when many boxes are dropped."""
+#: the report last logged for each dataset name in this process (a benchmark trains many runs).
+_LOGGED: Dict[str, DatasetReport] = {}
+
+
+def _check(report: DatasetReport, warn: bool = True) -> None:
+    """Error for a training set without usable boxes; warning (if `warn`) when many boxes are
+    dropped."""
     if report.boxes == 0 or report.num_dropped == report.boxes:
         what = ("has no annotations" if report.annotations == 0 else
                 f"has no usable box ({report.crowd} crowd annotations, {report.num_dropped} boxes "
@@ -132,7 +137,7 @@ def _check(report: DatasetReport) -> None:
             f"{report.images} images; a detector cannot learn from it. Check the json's "
             "'annotations' (and their 'image_id's) or DATASETS.TRAIN"
         )
-    if report.dropped_fraction > DROPPED_BOX_WARN_FRACTION:
+    if warn and report.dropped_fraction > DROPPED_BOX_WARN_FRACTION:
         reasons = ", ".join(f"{n} {k}" for k, n in report.dropped.items() if n)
         logger.warning(
             f"training dataset {report.name!r} (json: {report.json_file}): Detectron2 drops "
@@ -146,7 +151,8 @@ def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> 
     """
     Log the table of `dataset_names` (the training datasets) and check each one: a dataset with
     no usable box raises ValueError naming it and its json; dropping more than
-    DROPPED_BOX_WARN_FRACTION of the boxes is a warning naming it. Call it once where the train
+    DROPPED_BOX_WARN_FRACTION of the boxes is a warning naming it. Table and warning are said once
+    per process while a dataset's counts stay the same (a benchmark trains many runs on one). Call it once where the train
     loader is built, before it (`filter_empty`: DATALOADER.FILTER_EMPTY_ANNOTATIONS, or
     `get_detection_dataset_dicts`'s `filter_empty` in a LazyConfig). Returns the reports.
     """
@@ -158,10 +164,12 @@ def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> 
             skipped.append(name)
         else:
             reports.append(report)
-    if reports:
-        logger.info("Training data (boxes Detectron2 drops, by reason):\n" + format_reports(reports))
+    new = [r for r in reports if _LOGGED.get(r.name) != r]
+    if new:
+        logger.info("Training data (boxes Detectron2 drops, by reason):\n" + format_reports(new))
     if skipped:
         logger.info(f"Training datasets not inspected (not a list of dicts): {skipped}")
     for report in reports:
-        _check(report)
+        _check(report, warn=report in new)
+        _LOGGED[report.name] = report
     return reports
