@@ -10,7 +10,7 @@ from detectron2.config import LazyConfig
 from detectron2.modeling import build_model
 
 from conftest import REPO, quickstart_cfg
-from test_lazy_config import tiny_lazy_args
+from test_lazy_config import load_lazy, tiny_lazy_args
 from tid_d2.checkpoint import read_error
 from tid_d2.engine import TIDTrainer
 from tid_d2.engine.defaults import build_eval_model
@@ -50,8 +50,9 @@ def bad_file(kind: str, good: str, folder) -> str:
 
 
 def lazy_cfg(name: str, tiny_shapes, out, *overrides):
-    lz = LazyConfig.load(os.path.join(REPO, "configs", "lazy", "quickstart", name))
-    return LazyConfig.apply_overrides(lz, tiny_lazy_args(name, out, tiny_shapes)[2:] + list(overrides))
+    """configs/lazy/quickstart/<name> on the tiny dataset, plus `overrides`."""
+    overrides = tiny_lazy_args(name, out, tiny_shapes)[2:] + list(overrides)
+    return LazyConfig.apply_overrides(load_lazy(f"quickstart/{name}"), overrides)
 
 
 @pytest.mark.parametrize("kind", BAD)
