@@ -58,7 +58,8 @@ def lazy_cfg(name: str, tiny_shapes, out, *overrides):
 @pytest.mark.parametrize("kind", BAD)
 def test_model_weights(kind, good_checkpoint, tiny_shapes, tmp_path):
     path = bad_file(kind, good_checkpoint, tmp_path)
-    trainer = TIDTrainer(quickstart_cfg("GFL-student", "MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "o")))
+    cfg = quickstart_cfg("GFL-student", "MODEL.WEIGHTS", path, "OUTPUT_DIR", str(tmp_path / "o"))
+    trainer = TIDTrainer(cfg)
     with pytest.raises(ValueError, match=rf"MODEL.WEIGHTS={path} {SAYS}"):
         trainer.resume_or_load(resume=False)
 
@@ -105,7 +106,8 @@ def test_resume_from_a_truncated_last_checkpoint(entry, good_checkpoint, tiny_sh
     out.mkdir()
     path = bad_file("truncated", good_checkpoint, out)
     (out / "last_checkpoint").write_text(os.path.basename(path))
-    says = rf"--resume: the last checkpoint {path} cannot be read .*point {out / 'last_checkpoint'} at an earlier one"
+    says = (rf"--resume: the last checkpoint {path} cannot be read .*"
+            rf"point {out / 'last_checkpoint'} at an earlier one")
     if entry == "yaml":
         trainer = TIDTrainer(quickstart_cfg("GFL-student", "OUTPUT_DIR", str(out)))
         with pytest.raises(ValueError, match=says):

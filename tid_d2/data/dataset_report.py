@@ -153,8 +153,9 @@ def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> 
     no usable box raises ValueError naming it and its json; dropping more than
     DROPPED_BOX_WARN_FRACTION of the boxes is a warning naming it. Table and warning are said once
     per process while a dataset's counts stay the same (a benchmark trains many runs on one). Call
-    it once where the train loader is built, before it (`filter_empty`: DATALOADER.FILTER_EMPTY_ANNOTATIONS, or
-    `get_detection_dataset_dicts`'s `filter_empty` in a LazyConfig). Returns the reports.
+    it once where the train loader is built, before it (`filter_empty`:
+    DATALOADER.FILTER_EMPTY_ANNOTATIONS, or `get_detection_dataset_dicts`'s `filter_empty` in a
+    LazyConfig). Returns the reports.
     """
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
     reports, skipped = [], []
