@@ -148,12 +148,12 @@ def test_method_and_ablation_specs():
     assert f.name == "fgd[MODEL.DISTILL.FGD.ALPHA=1e-4,MODEL.DISTILL.FGD.BETA=5e-5]"
     assert f.methods == ("FGD",)
     assert f.opts == ("MODEL.DISTILL.FGD.ALPHA", "1e-4", "MODEL.DISTILL.FGD.BETA", "5e-5")
-    for bad in ("fgd[SOLVER.BASE_LR=1]", "fgd[MODEL.DISTILL.FGD.ALPHA]", "fgd[]", "fgd[MODEL.TID.ALPHA=1"):
+    for bad in ("fgd[SOLVER.BASE_LR=1]", "fgd[MODEL.DISTILL.FGD.ALPHA]", "fgd[]", "fgd[MODEL.DISTILL.TID.ALPHA=1"):
         with pytest.raises(ValueError, match="--methods"):
             parse_method(bad)
     a = parse_ablation("tasks=cls, ldam=off,alpha=2")
     assert a.name == "tid[tasks=cls,ldam=off,alpha=2]" and a.methods == ("TID",)
-    assert a.opts == ("MODEL.TID.TASKS", "cls", "MODEL.TID.LDAM", "False", "MODEL.TID.ALPHA", "2.0")
+    assert a.opts == ("MODEL.DISTILL.TID.TASKS", "cls", "MODEL.DISTILL.TID.LDAM", "False", "MODEL.DISTILL.TID.ALPHA", "2.0")
     for bad, msg in (("tasks=box", "tasks=both|cls|reg"), ("gamma=x", "number"), ("foo=1", "KEY=VALUE"),
                      ("tasks=cls,tasks=reg", "twice")):
         with pytest.raises(ValueError, match=msg):
@@ -171,7 +171,7 @@ def test_run_cfg_and_hash():
                         spec=parse_ablation("tasks=reg,soft=on"), teacher_weights="/t.pth",
                         opts=["SOLVER.IMS_PER_BATCH", "2"])
     assert cfg.MODEL.META_ARCHITECTURE == "TeacherStudent" and cfg.MODEL.DISTILL.METHODS == ["TID"]
-    assert (cfg.MODEL.TID.TASKS, cfg.MODEL.TID.SOFT_WEIGHTS, cfg.SEED) == ("reg", True, 3)
+    assert (cfg.MODEL.DISTILL.TID.TASKS, cfg.MODEL.DISTILL.TID.SOFT_WEIGHTS, cfg.SEED) == ("reg", True, 3)
     assert (cfg.SOLVER.MAX_ITER, tuple(cfg.SOLVER.STEPS), cfg.SOLVER.WARMUP_ITERS) == (30, (22, 28), 5)
     assert cfg.SOLVER.IMS_PER_BATCH == 2 and cfg.MODEL.TEACHER.OPTS[-2:] == ["SOLVER.IMS_PER_BATCH", "2"]
     assert cfg.DATASETS.TRAIN == ("tid_shapes_train",) and cfg.MODEL.TEACHER.WEIGHTS == "/t.pth"
@@ -188,12 +188,12 @@ def test_run_cfg_and_hash():
     assert config_hash(a) == config_hash(b) != config_hash(c)
     assert config_hash(a, extra="teacher1") != config_hash(a, extra="teacher2")
     a.defrost()
-    a.MODEL.TID.LOSS_WEIGHT = 5.0  # no effect on a plain student: its cached run stays valid
+    a.MODEL.DISTILL.TID.LOSS_WEIGHT = 5.0  # no effect on a plain student: its cached run stays valid
     assert config_hash(a) == config_hash(b)
     d = build_run_cfg("GFL", "distill", seed=0, output_dir="/d", datasets=ds, spec=parse_method("tid"))
     e = d.clone()
     e.defrost()
-    e.MODEL.TID.LOSS_WEIGHT = 5.0
+    e.MODEL.DISTILL.TID.LOSS_WEIGHT = 5.0
     assert config_hash(d) != config_hash(e)
     with pytest.raises(ValueError, match="--opts"):
         build_run_cfg("GFL", "student", seed=0, output_dir="/a", datasets=ds, opts=["SOLVER.NOPE", "1"])

@@ -11,6 +11,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
+from tid_d2.structures import DistillLayout
 from tid_d2.checkpoint import student_state_dict
 from tid_d2.distill import build_distillers
 from tid_d2.engine import TIDTrainer
@@ -153,7 +154,7 @@ def test_user_overrides_are_used_when_distilling(cls, name, value, teachers, tin
     teacher = build_model(quickstart_cfg("GFL-teacher"))
     cfg = quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"])
     model = TeacherStudent(
-        student=student, teacher=teacher, distillers=build_distillers(cfg, 64, 32)
+        student=student, teacher=teacher, distillers=build_distillers(cfg.MODEL.DISTILL, DistillLayout(64, 32))
     ).train()
     with EventStorage():
         losses = model(batch(student_cfg, tiny_shapes[0]))

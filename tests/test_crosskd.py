@@ -5,6 +5,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from test_teacher_student import ATSS_TEACHER_CFG, FCOS_STUDENT, batch, teacher_snapshot, tid_cfg
+from tid_d2.structures import DistillLayout
 from tid_d2.distill.crosskd import CROSSKD, align_to_teacher, kd_quality_focal_loss
 
 PAIRS = {
@@ -76,7 +77,7 @@ def test_zero_when_the_student_is_the_teacher(teacher_name, teachers, tiny_shape
     with torch.no_grad():
         t_out = teacher.dense_outputs(data, targets)
     c = t_out.features[0].shape[1]
-    kd = CROSSKD(teacher_channels=c, student_channels=c)
+    kd = CROSSKD.from_defaults(DistillLayout(c, c))
     kd.attach_teacher(teacher)
     losses = kd(t_out, t_out, targets)
     assert set(losses) >= {"loss_crosskd_cls", "loss_crosskd_box"}
@@ -109,7 +110,7 @@ def test_without_a_teacher_head_is_a_clear_error(teachers, tiny_shapes):
         out = model.teacher.dense_outputs(data, targets)
     c = out.features[0].shape[1]
     with pytest.raises(RuntimeError, match="TeacherStudent"):
-        CROSSKD(teacher_channels=c, student_channels=c)(out, out, targets)
+        CROSSKD.from_defaults(DistillLayout(c, c))(out, out, targets)
 
 
 @pytest.mark.parametrize("key", ["CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT"])

@@ -19,6 +19,7 @@ from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
+from tid_d2.structures import DistillLayout
 from tid_d2.modeling import ATSS, GFL
 from tid_d2.engine.defaults import setup_cfg
 
@@ -335,7 +336,7 @@ def test_lazy_train_net_names_missing_entries(tmp_path):
 
 # ----- TeacherStudent (TID) from LazyConfig -------------------------------------------------------
 TID_SCALARS = (
-    "teacher_channels", "student_channels", "tasks", "threshold_mode", "pos_thresh", "neg_thresh",
+    "tasks", "threshold_mode", "pos_thresh", "neg_thresh",
     "score_levels", "cls_tau", "cls_tau_bg", "key_thresh", "weak_thresh", "ldam", "area_precedence",
     "min_pos_thresh", "soft_weights",
     "alpha", "beta", "gamma", "loss_weight", "normalize",
@@ -369,11 +370,11 @@ def test_full_size_lazy_tid_config_pairs_r101_teacher_with_r50_student():
     assert lz.model.teacher.weights == "output/GFL-R101-2x-ms/model_final.pth"
     assert lz.train.init_checkpoint.endswith("R-50.pkl")  # loaded into the student
     assert lz.model.distillers.methods == ["TID"]
-    # the channels come from the models: the builder gets the FPN widths of teacher and student
+    # the channels come from the models: the builder gets the layout of teacher and student
     channels = lz.model.teacher.teacher.backbone.out_channels, lz.model.student.backbone.out_channels
-    tid = instantiate(lz.model.distillers)(*channels)["tid"]
-    assert tid.teacher_channels == lz.model.teacher.teacher.backbone.out_channels == 256
-    assert tid.student_channels == lz.model.student.backbone.out_channels == 256
+    assert channels == (256, 256)
+    tid = instantiate(lz.model.distillers)(DistillLayout(*channels))["tid"]
+    assert isinstance(tid.adapter, torch.nn.Identity)
     yaml_cfg = setup_cfg(os.path.join(REPO, "configs", "TID-R50.yaml"))
     assert lz.train.output_dir == yaml_cfg.OUTPUT_DIR
     assert lz.dataloader.train.dataset.names == yaml_cfg.DATASETS.TRAIN[0]

@@ -19,7 +19,7 @@ from tid_d2.distill.fitnet import FITNET
 from tid_d2.distill.ld import LD
 from tid_d2.distill.pgd import PGD
 from tid_d2.distill.pkd import PKD
-from tid_d2.structures import DenseOutputs
+from tid_d2.structures import DenseOutputs, DistillLayout
 
 STRIDES = [8, 16]
 SHAPES = [(8, 8), (4, 4)]
@@ -31,7 +31,6 @@ METHODS = ["FITNET", "FGD", "PKD", "CWD", "LD", "PGD"]
 
 def make_cfg(**overrides):
     cfg = add_tid_config(get_cfg())
-    cfg.MODEL.DISTILL.FGD.NUM_LEVELS = len(STRIDES)
     for key, value in overrides.items():  # keys relative to MODEL.DISTILL, e.g. "LD.TAU"
         *path, last = key.split(".")
         node = cfg.MODEL.DISTILL
@@ -117,9 +116,13 @@ def twin(outputs: DenseOutputs) -> DenseOutputs:
     )
 
 
+def layout(teacher_channels=8, student_channels=8):
+    return DistillLayout(teacher_channels, student_channels, strides=STRIDES, box_distributions=True)
+
+
 def build(name, teacher_channels=8, student_channels=8, **overrides):
     torch.manual_seed(0)
-    return DISTILLER_REGISTRY.get(name)(make_cfg(**overrides), teacher_channels, student_channels)
+    return DISTILLER_REGISTRY.get(name)(make_cfg(**overrides).MODEL.DISTILL, layout(teacher_channels, student_channels))
 
 
 def teacher_leaves(t: DenseOutputs):
@@ -213,20 +216,19 @@ def test_loss_scale_multiplies_every_loss(name):
 def test_registry_builds_every_method_from_cfg():
     cfg = make_cfg()
     cfg.MODEL.DISTILL.METHODS = METHODS
-    built = build_distillers(cfg, 8, 8)
+    built = build_distillers(cfg.MODEL.DISTILL, layout())
     classes = {"fitnet": FITNET, "fgd": FGD, "pkd": PKD, "cwd": CWD, "ld": LD, "pgd": PGD}
     assert {k: type(v) for k, v in built.items()} == classes
     assert LD.needs_box_distributions and not FGD.needs_box_distributions
 
 
-def test_fgd_infers_its_level_count_from_the_student_head():
-    cfg = make_cfg()
-    cfg.MODEL.DISTILL.FGD.NUM_LEVELS = 0
-    cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"
-    cfg.MODEL.GFL.IN_FEATURES = ["p3", "p4", "p5"]
-    assert len(FGD(cfg, 8, 8).student_context) == 3
-    with pytest.raises(ValueError, match="NUM_LEVELS"):
-        FGD(cfg, 8, 8)(make_outputs(1), make_outputs(2), make_targets())
+def test_fgd_takes_its_level_count_from_the_layout():
+    """No config guessing: one adapter and two context modules per level of the DistillLayout."""
+    three = DistillLayout(8, 8, strides=(8, 16, 32))
+    fgd = FGD(make_cfg().MODEL.DISTILL, three)
+    assert len(fgd.student_context) == len(fgd.teacher_context) == len(fgd.adapters) == 3
+    with pytest.raises(ValueError, match="built for 3 FPN levels"):
+        fgd(make_outputs(1), make_outputs(2), make_targets())
 
 
 def test_ld_without_distributions_is_a_clear_error():

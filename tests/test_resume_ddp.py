@@ -110,10 +110,10 @@ DDP_OPTS = [
     # at the default 0.01 prior a random model sums to < 1 per process, so the clamp, not the data,
     # would set the loss scale and differ between 1 and 2 processes
     "MODEL.GFL.PRIOR_PROB", "0.3",
-    # with MODEL.TID.NORMALIZE "area", TID's area means over each process's own areas differ from
+    # with MODEL.DISTILL.TID.NORMALIZE "area", TID's area means over each process's own areas differ from
     # the pooled mean unless every process's area has the same size; without LDAM a random
     # teacher has no key area, so the check holds in both normalizations
-    "MODEL.TID.LDAM", "False",
+    "MODEL.DISTILL.TID.LDAM", "False",
 ]
 
 

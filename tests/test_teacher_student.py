@@ -16,6 +16,7 @@ from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
+from tid_d2.structures import DistillLayout
 from tid_d2.distill.tid import TID
 from tid_d2.engine import TIDTrainer
 from tid_d2.engine.train_loop import check_finite_losses
@@ -174,12 +175,13 @@ def test_teacher_student_class_mismatch(teachers):
 
 
 def test_check_compatible_strides_and_classes():
-    teacher = SimpleNamespace(num_classes=6, strides=[8, 16, 32, 64, 128], forward_distill=None)
-    student = SimpleNamespace(num_classes=6, strides=[8, 16, 32, 64], forward_distill=None)
+    common = dict(feature_channels=8, has_box_distributions=True, forward_distill=None)
+    teacher = SimpleNamespace(num_classes=6, strides=[8, 16, 32, 64, 128], **common)
+    student = SimpleNamespace(num_classes=6, strides=[8, 16, 32, 64], **common)
     with pytest.raises(ValueError, match=r"teacher FPN strides \[8, 16, 32, 64, 128\] differ"):
         check_compatible(teacher, student)
     student.strides = list(teacher.strides)
-    check_compatible(teacher, student)
+    assert check_compatible(teacher, student) == DistillLayout(8, 8, (8, 16, 32, 64, 128), 6, True)
     student.num_classes = 80
     with pytest.raises(ValueError, match="80"):
         check_compatible(teacher, student)
@@ -196,16 +198,16 @@ def test_teacher_config_problems(teachers, tmp_path):
 
 def test_unknown_config_key_is_a_clear_error():
     with pytest.raises(KeyError, match=r"TID-GFL.yaml: unknown config key .*NOT_A_KEY.*config.py"):
-        quickstart_cfg("TID-GFL", "MODEL.TID.NOT_A_KEY", "1")
+        quickstart_cfg("TID-GFL", "MODEL.DISTILL.TID.NOT_A_KEY", "1")
 
 
 def test_unknown_distill_method_lists_the_known_ones(teachers):
-    with pytest.raises(KeyError, match=r"unknown method 'nope'.*'fitnet'.*'tid'"):
+    with pytest.raises(KeyError, match=r"unknown methods \['nope'\].*'fitnet'.*'tid'"):
         build(tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.DISTILL.METHODS", "['NOPE']"))
 
 
 def test_ld_with_an_atss_student_is_a_clear_error(teachers):
-    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*ATSS -> ATSS"):
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give them"):
         build(tid_cfg(teachers, "TID-ATSS", "ATSS-teacher", "MODEL.DISTILL.METHODS", "['LD']"))
 
 
@@ -312,14 +314,22 @@ def test_check_finite_losses_names_every_bad_loss():
 def test_vis_period_puts_area_sheets_into_event_storage(teachers, tiny_shapes):
     from detectron2.utils.events import EventStorage
 
-    cfg = tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.TID.VIS_PERIOD", "2")
+    from tid_d2.visualization import visualization_hooks
+
+    cfg = tid_cfg(teachers, "TID-GFL", "GFL-teacher", "MODEL.DISTILL.TID.VIS_PERIOD", "2")
     model = build(cfg)
     model.train()
     inputs = batch(cfg, tiny_shapes[0])
+    (hook,) = visualization_hooks(model)  # the one the trainers register
+    assert visualization_hooks(build(tid_cfg(teachers))) == []  # VIS_PERIOD 0: no hook
     with EventStorage(0) as storage:
+        hook.trainer = SimpleNamespace(storage=storage)
         for it in range(3):
             storage.iter = it
             model(inputs)
+            assert (model.distillers["tid"].view is not None) == (it % 2 == 0)
+            hook.after_step()
+            assert model.distillers["tid"].view is None
     images = storage._vis_data
     assert [name for name, _, _ in images] == ["tid/areas", "tid/areas"]
     assert [step for _, _, step in images] == [0, 2]
@@ -358,6 +368,8 @@ def test_direct_construction_also_checks_box_distributions(teachers):
 
     cfg = tid_cfg(teachers, "TID-ATSS", "ATSS-teacher", "MODEL.DISTILL.METHODS", "['LD']")
     atss = lambda: build_model(quickstart_cfg("ATSS-student"))  # noqa: E731
-    distillers = build_distillers(cfg, 32, 32)
-    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*ATSS -> ATSS"):
+    distillers = build_distillers(cfg.MODEL.DISTILL, DistillLayout(32, 32, box_distributions=True))
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give them"):
         TeacherStudent(student=atss(), teacher=atss(), distillers=distillers)
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions"):
+        build_distillers(cfg.MODEL.DISTILL, DistillLayout(32, 32))

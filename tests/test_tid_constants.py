@@ -1,6 +1,6 @@
 """Every TID constant is live: on a batch of tid_shapes images (real GT sizes, the real GFL assigner's
 per-GT thresholds, anchors and level layout) with predictions spread over all IoU and confidence
-levels, changing one MODEL.TID key changes the key / weak / other areas. And small objects: a box with
+levels, changing one MODEL.DISTILL.TID key changes the key / weak / other areas. And small objects: a box with
 a few percent IoU is never "well localized"."""
 import dataclasses
 
@@ -13,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 
 from conftest import quickstart_cfg
 from tid_d2.distill.tid import TID
-from tid_d2.structures import batched_iou
+from tid_d2.structures import DistillLayout, batched_iou
 
 
 def _spread_predictions(out, targets, noise: float, p_right: float, seed: int):
@@ -74,7 +74,7 @@ def spread_batch(tiny_shapes):
 def _areas(teacher, student, targets, *opts):
     cfg = quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", *opts)
     c = teacher.features[0].shape[1]
-    s = TID(cfg, c, c).compute_scores(teacher, student, targets)
+    s = TID(cfg.MODEL.DISTILL, DistillLayout(c, c)).compute_scores(teacher, student, targets)
     return s["key"], s["weak"], s["other"]
 
 
@@ -102,29 +102,29 @@ def test_default_areas_are_all_populated(spread_batch):
 )
 def test_each_constant_changes_the_areas(spread_batch, key_name, value):
     base = _areas(*spread_batch)
-    changed = _areas(*spread_batch, f"MODEL.TID.{key_name}", value)
+    changed = _areas(*spread_batch, f"MODEL.DISTILL.TID.{key_name}", value)
     moved = sum(int((a != b).sum()) for a, b in zip(base, changed))
-    assert moved > 0, f"MODEL.TID.{key_name}={value} changes no area: the key is dead"
+    assert moved > 0, f"MODEL.DISTILL.TID.{key_name}={value} changes no area: the key is dead"
 
 
 @pytest.mark.parametrize("key_name, value", [("CLS_TAU", "0.6"), ("SCORE_LEVELS", "[2.0, 1.0, 0.4]")])
 def test_confidence_and_levels_change_the_key_area_without_soft_weights(spread_batch, key_name, value):
     key, _, _ = _areas(*spread_batch)
-    key2, _, _ = _areas(*spread_batch, f"MODEL.TID.{key_name}", value)
+    key2, _, _ = _areas(*spread_batch, f"MODEL.DISTILL.TID.{key_name}", value)
     assert (key != key2).sum() > 0
 
 
 def test_pos_thresh_is_live_in_fixed_mode(spread_batch):
-    fixed = ("MODEL.TID.THRESHOLD_MODE", "fixed")
+    fixed = ("MODEL.DISTILL.TID.THRESHOLD_MODE", "fixed")
     base = _areas(*spread_batch, *fixed)
-    strict = _areas(*spread_batch, *fixed, "MODEL.TID.POS_THRESH", "0.8")
+    strict = _areas(*spread_batch, *fixed, "MODEL.DISTILL.TID.POS_THRESH", "0.8")
     assert sum(int((a != b).sum()) for a, b in zip(base, strict)) > 0
 
 
 @pytest.mark.parametrize("mode", ["weak", "key"])
 def test_single_task_modes_keep_a_weak_area(spread_batch, mode):
     for tasks in ("cls", "reg"):
-        _, weak, _ = _areas(*spread_batch, "MODEL.TID.TASKS", tasks, "MODEL.TID.AREA_PRECEDENCE", mode)
+        _, weak, _ = _areas(*spread_batch, "MODEL.DISTILL.TID.TASKS", tasks, "MODEL.DISTILL.TID.AREA_PRECEDENCE", mode)
         if mode == "weak":
             assert weak.sum() > 0, tasks
     _, weak_both, _ = _areas(*spread_batch)
@@ -180,17 +180,17 @@ def test_assigner_thresholds_of_small_gts_are_tiny(small_gt_batch):
 @pytest.mark.parametrize("mode", ["assigner", "fixed"])
 def test_a_few_percent_iou_is_never_well_localized(small_gt_batch, mode):
     teacher, targets, locations, gts = small_gt_batch
-    cfg = quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.TID.THRESHOLD_MODE", mode)
+    cfg = quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.DISTILL.TID.THRESHOLD_MODE", mode)
     c = teacher.features[0].shape[1]
-    s = TID(cfg, c, c).compute_scores(teacher, teacher, targets)
+    s = TID(cfg.MODEL.DISTILL, DistillLayout(c, c)).compute_scores(teacher, teacher, targets)
     iou = batched_iou(teacher.flat("boxes"), gts[None])[0].max(dim=1).values
-    hi = max(cfg.MODEL.TID.SCORE_LEVELS)
+    hi = max(cfg.MODEL.DISTILL.TID.SCORE_LEVELS)
     for (side, target_iou), loc in locations.items():
         assert abs(float(iou[loc]) - target_iou) < 0.02, (side, target_iou, float(iou[loc]))
         well = float(s["score_r_t"][0, loc]) == hi
         assert well == (target_iou > 0.5), (mode, side, target_iou)
     # without the floor (the first reading) the 0.1-IoU boxes of GTs under 32 px count as well localized
     if mode == "assigner":
-        raw = TID(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.TID.MIN_POS_THRESH", "0.0"),
-                  c, c).compute_scores(teacher, teacher, targets)
+        raw = TID(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.DISTILL.TID.MIN_POS_THRESH", "0.0").MODEL.DISTILL,
+                  DistillLayout(c, c)).compute_scores(teacher, teacher, targets)
         assert all(float(raw["score_r_t"][0, locations[(side, 0.1)]]) == hi for side in (8, 12, 16, 24))

@@ -228,7 +228,7 @@ def test_visualize_areas_end_to_end(tiny_shapes, teacher_weights, val_dicts, tmp
 
 
 def test_tensorboard_sheet_from_a_training_batch(tiny_shapes, teacher_weights, val_dicts):
-    """What the TID hook does with MODEL.TID.VIS_PERIOD > 0: areas of a training batch -> CHW."""
+    """What the TID hook does with MODEL.DISTILL.TID.VIS_PERIOD > 0: areas of a training batch -> CHW."""
     cfg = quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", teacher_weights)
     model = build_model(cfg)
     batch = [DatasetMapper(cfg, is_train=True)(dict(d)) for d in val_dicts[:2]]

@@ -8,15 +8,16 @@ from detectron2.config import get_cfg
 
 from test_benchmark import _load_tool
 from tid_d2.benchmark import parse_method
-from tid_d2.benchmark.tuning import DEFAULT_GRID, MAIN_WEIGHTS, grid_specs, pick_factor
+from tid_d2.benchmark.tuning import DEFAULT_GRID, grid_specs, main_weights, pick_factor
 from tid_d2.config import add_tid_config
-from tid_d2.distill import DISTILLER_REGISTRY
+from tid_d2.distill import registered_methods
 
 
 def test_every_registered_method_has_main_weights_that_exist():
     cfg = add_tid_config(get_cfg())
-    assert {k for k, _ in DISTILLER_REGISTRY} == set(MAIN_WEIGHTS)
-    for keys in MAIN_WEIGHTS.values():
+    for method in registered_methods():
+        keys = main_weights(method)
+        assert keys and all(k.startswith(f"MODEL.DISTILL.{method.upper()}.") for k in keys)
         for key in keys:
             node = cfg
             for part in key.split("."):
@@ -33,10 +34,10 @@ def test_grid_scales_every_main_weight_together_and_keeps_other_overrides():
         assert spec.name == f"fgd@x{factor:g}" and spec.methods == ("FGD",)
         assert float(opts["MODEL.DISTILL.FGD.ALPHA"]) == pytest.approx(0.001 * factor)
         assert float(opts["MODEL.DISTILL.FGD.LAMBDA"]) == pytest.approx(5e-6 * factor)
-    combo = grid_specs(parse_method("tid+ld[MODEL.TID.LOSS_WEIGHT=3,MODEL.TID.ALPHA=1]"), [2.0], cfg)[0][1]
+    combo = grid_specs(parse_method("tid+ld[MODEL.DISTILL.TID.LOSS_WEIGHT=3,MODEL.DISTILL.TID.ALPHA=1]"), [2.0], cfg)[0][1]
     opts = dict(zip(combo.opts[::2], combo.opts[1::2]))
-    assert float(opts["MODEL.TID.LOSS_WEIGHT"]) == 6.0  # the override is the base that is scaled
-    assert opts["MODEL.TID.ALPHA"] == "1"  # not a main weight: kept as given
+    assert float(opts["MODEL.DISTILL.TID.LOSS_WEIGHT"]) == 6.0  # the override is the base that is scaled
+    assert opts["MODEL.DISTILL.TID.ALPHA"] == "1"  # not a main weight: kept as given
     assert float(opts["MODEL.DISTILL.LD.LOSS_WEIGHT"]) == pytest.approx(0.5)
     with pytest.raises(ValueError, match="> 0"):
         grid_specs(parse_method("tid"), [0.0], cfg)

@@ -1,6 +1,8 @@
 """`add_tid_config(cfg)`: every config key this project adds to Detectron2's defaults."""
 from detectron2.config import CfgNode as CN
 
+from .distill import DISTILLER_REGISTRY
+
 __all__ = ["add_tid_config"]
 
 
@@ -30,7 +32,7 @@ def _add_anchor_point_config(node: CN) -> None:
 
 
 def add_tid_config(cfg: CN) -> CN:
-    """Add the MODEL.GFL/ATSS/FCOS/TEACHER/TID/DISTILL keys (in place; also returns cfg)."""
+    """Add the MODEL.GFL/ATSS/FCOS/TEACHER/DISTILL keys (in place; also returns cfg)."""
     _C = cfg
 
     # --- Backbones ---------------------------------------------------------------------------
@@ -86,7 +88,7 @@ def add_tid_config(cfg: CN) -> CN:
     # --- Distillation (method-independent) ----------------------------------------------------
     _C.MODEL.DISTILL = CN()
     _C.MODEL.DISTILL.STUDENT_META_ARCHITECTURE = "GFL"  # the student, built from this config
-    _C.MODEL.DISTILL.METHODS = ["TID"]  # TID, FITNET, FGD, PKD, CWD, LD, PGD, CROSSKD (they combine)
+    _C.MODEL.DISTILL.METHODS = ["TID"]  # registered method names (TID, FITNET, FGD, ...; they combine)
     _C.MODEL.DISTILL.WARMUP_ITERS = 0  # distillation weight ramps linearly 0 -> 1 over these
     _C.MODEL.DISTILL.LOG_PERIOD = 20  # iterations between two writes of each method's diagnostics
     _C.MODEL.DISTILL.ADAPTER = "auto"  # "auto": 1x1 conv when channels differ; "always"; "none"
@@ -100,82 +102,11 @@ def add_tid_config(cfg: CN) -> CN:
     # FGD, PGD and ICD do; shapes must match. Applied at build time, before MODEL.WEIGHTS is loaded.
     _C.MODEL.DISTILL.INHERIT = "none"
 
-    # FitNet-style feature imitation: MSE over all locations and channels of all FPN levels.
-    _C.MODEL.DISTILL.FITNET = CN()
-    _C.MODEL.DISTILL.FITNET.LOSS_WEIGHT = 1.0  # weight of the mean squared error
-    # FGD (Yang et al., CVPR 2022): focal (fg/bg masks, spatial/channel attention) + global
-    # (GcBlock relation) distillation; defaults: the authors' RetinaNet and GFL configs (sum reduction).
-    _C.MODEL.DISTILL.FGD = CN()
-    _C.MODEL.DISTILL.FGD.TEMPERATURE = 0.5  # temperature of the spatial/channel attention
-    _C.MODEL.DISTILL.FGD.ALPHA = 0.001  # weight of the foreground feature loss
-    _C.MODEL.DISTILL.FGD.BETA = 0.0005  # weight of the background feature loss
-    _C.MODEL.DISTILL.FGD.GAMMA = 0.0005  # weight of the attention (mask) loss
-    _C.MODEL.DISTILL.FGD.LAMBDA = 0.000005  # weight of the global relation loss
-    # FPN levels distilled, each with its own context modules; 0: the student head's levels
-    # (len(MODEL.<DISTILL.STUDENT_META_ARCHITECTURE>.IN_FEATURES)).
-    _C.MODEL.DISTILL.FGD.NUM_LEVELS = 0
-    # PKD (Cao et al., NeurIPS 2022): MSE / 2 between per-channel standardized features (~ 1 - r).
-    _C.MODEL.DISTILL.PKD = CN()
-    _C.MODEL.DISTILL.PKD.LOSS_WEIGHT = 10.0  # per level; mmrazor's dense-detector configs
-    # CWD (Shu et al., ICCV 2021): KL between per-channel spatial softmax distributions.
-    _C.MODEL.DISTILL.CWD = CN()
-    _C.MODEL.DISTILL.CWD.TAU = 1.0  # softmax temperature
-    _C.MODEL.DISTILL.CWD.LOSS_WEIGHT = 10.0  # per level; mmrazor's FPN detection configs
-    # LD (Zheng et al., CVPR 2022): KL between GFL box-side distributions (GFL teacher and student).
-    # PGD (ECCV 2022), its GFL R-101 -> R-50 config (which also starts the student from the
-    # teacher's neck and head: MODEL.DISTILL.INHERIT "neck+head")
-    _C.MODEL.DISTILL.PGD = CN()
-    _C.MODEL.DISTILL.PGD.TEMPERATURE = 0.8  # attention softmax temperature
-    _C.MODEL.DISTILL.PGD.ALPHA = 0.04  # classification-side foreground feature loss
-    _C.MODEL.DISTILL.PGD.BETA = 0.02  # classification-side background feature loss
-    _C.MODEL.DISTILL.PGD.GAMMA = 0.064  # regression-side feature loss
-    _C.MODEL.DISTILL.PGD.DELTA = 0.0008  # attention imitation
-    _C.MODEL.DISTILL.PGD.LEVEL_WEIGHTS = [1.0, 1.25, 1.5, 1.75, 2.0]  # classification side, P3..P7
-    _C.MODEL.DISTILL.PGD.TOPK = 30  # key predictive locations per GT
-    _C.MODEL.DISTILL.PGD.CLS_QUALITY_ALPHA = 0.8  # q = score^(1-a) IoU^a, classification mask
-    _C.MODEL.DISTILL.PGD.REG_QUALITY_ALPHA = 0.6  # the same, regression mask
-
-    # CrossKD (CVPR 2024), its GFL R-101 -> R-50 config; the ATSS one uses BOX_WEIGHT 1.0
-    _C.MODEL.DISTILL.CROSSKD = CN()
-    _C.MODEL.DISTILL.CROSSKD.CLS_WEIGHT = 1.0  # KD quality focal loss of the cross head's classes
-    _C.MODEL.DISTILL.CROSSKD.CLS_BETA = 1.0  # its focusing exponent
-    _C.MODEL.DISTILL.CROSSKD.BOX_WEIGHT = 2.0  # GIoU of cross vs teacher boxes
-    _C.MODEL.DISTILL.CROSSKD.DIST_WEIGHT = 3.0  # KL of GFL box distributions (GFL only)
-    _C.MODEL.DISTILL.CROSSKD.DIST_TAU = 1.0  # its temperature
-
-    _C.MODEL.DISTILL.LD = CN()
-    _C.MODEL.DISTILL.LD.TAU = 10.0  # softmax temperature
-    _C.MODEL.DISTILL.LD.LOSS_WEIGHT = 0.25  # main region: the student assigner's positives
-    _C.MODEL.DISTILL.LD.VLR_WEIGHT = 0.25  # valuable localization region (0 disables it)
-    _C.MODEL.DISTILL.LD.VLR_ALPHA = 0.25  # VLR: VLR_ALPHA * thr_pos <= DIoU(anchor, GT) < thr_pos
-    _C.MODEL.DISTILL.LD.MAIN_IOU_THRESH = 0.5  # teacher-box IoU main region if no extras["pos_mask"]
-
-    # --- TID: Task Integration Distillation (docs/method.md) ---------------------------------
-    _C.MODEL.TID = CN()
-    _C.MODEL.TID.TASKS = "both"  # "both" | "cls" | "reg": which DIEM scores make the importance
-    _C.MODEL.TID.THRESHOLD_MODE = "assigner"  # "assigner" (per-GT ATSS threshold) | "fixed"
-    _C.MODEL.TID.POS_THRESH = 0.5  # thr_pos in "fixed" mode
-    # "assigner" mode: an assigner's thr_pos is raised to at least this (its anchor-IoU thresholds
-    # fall to a few percent for small GTs; 0.5 is the loosest IoU a detection metric accepts)
-    _C.MODEL.TID.MIN_POS_THRESH = 0.5
-    _C.MODEL.TID.NEG_THRESH = 0.4  # thr_neg (both modes; clamped below thr_pos)
-    _C.MODEL.TID.SCORE_LEVELS = [2.0, 1.5, 0.4]  # DIEM's good / moderate / poor score values
-    _C.MODEL.TID.CLS_TAU = 0.3  # tau: confidence of a "confident" class prediction
-    _C.MODEL.TID.CLS_TAU_BG = 0.05  # tau_bg: confidence below which background is "clean"
-    _C.MODEL.TID.KEY_THRESH = 3.0  # tau_K: the key test Score^T >= tau_K (hi x mid)
-    _C.MODEL.TID.WEAK_THRESH = 0.5  # tau_W: the weak test Score^T - Score^S >= tau_W
-    # a location passing both tests is "weak" (W = weak test, K = key test \ W: the student lags
-    # a good teacher there) or "key" (K = key test, W = weak test \ K, the first reading)
-    _C.MODEL.TID.AREA_PRECEDENCE = "weak"
-    _C.MODEL.TID.LDAM = True  # off: only K and O areas
-    _C.MODEL.TID.SOFT_WEIGHTS = False  # weight K by Score^T and W by delta inside the areas
-    _C.MODEL.TID.ALPHA = 2.0  # weight of L_K
-    _C.MODEL.TID.BETA = 2.0  # weight of L_W
-    _C.MODEL.TID.GAMMA = 0.5  # weight of L_O (gamma < alpha, beta)
-    # SFDM denominator: "all" divides each area's summed squared distance by all locations (so
-    # L_K + L_W + L_O is FitNet's MSE at unit weights); "area" by the area's own size (a mean
-    # inside each area, which amplifies small key areas).
-    _C.MODEL.TID.NORMALIZE = "all"
-    _C.MODEL.TID.LOSS_WEIGHT = 2.0  # lambda: multiplies alpha L_K + beta L_W + gamma L_O
-    _C.MODEL.TID.VIS_PERIOD = 0  # >0: TID puts its area sheet into TensorBoard ("tid/areas") this often
+    # One node per registered method, MODEL.DISTILL.<NAME>, from the method's own declaration
+    # (`Distiller.config` in tid_d2/distill/<name>.py: each key's default and meaning).
+    for name, method in DISTILLER_REGISTRY:
+        _C.MODEL.DISTILL[name.upper()] = method.default_node()
+    # MODEL.TID moved under MODEL.DISTILL with every other method: an old key names its new place.
+    for key in ("MODEL.TID",) + tuple(f"MODEL.TID.{k}" for k in _C.MODEL.DISTILL.TID):
+        _C.register_renamed_key(key, key.replace("MODEL.TID", "MODEL.DISTILL.TID"))
     return cfg

@@ -42,7 +42,7 @@ from detectron2.config import get_cfg
 from detectron2.utils.logger import setup_logger
 
 from tid_d2.benchmark import (
-    DEFAULT_METHODS,
+    default_methods,
     STANDARD_ABLATIONS,
     DatasetSpec,
     build_results,
@@ -83,7 +83,7 @@ REALISTIC_OPTS = ["MODEL.WEIGHTS", "", "SOLVER.IMS_PER_BATCH", "2", "MODEL.RESNE
 REALISTIC_IMAGE_SIZE = (800, 1333)
 # defaults of the knobs left unset: a full run, or --quick
 FULL = dict(num_images=800, num_val_images=200, sides=list(DEFAULT_SIDES), iters=None, teacher_iters=None,
-            seeds=[0, 1, 2], methods=list(DEFAULT_METHODS), cost_iters=20, cost_warmup=5, opts=[])
+            seeds=[0, 1, 2], methods=None, cost_iters=20, cost_warmup=5, opts=[])
 QUICK = dict(num_images=64, num_val_images=32, sides=[128, 192], iters=30, teacher_iters=150, seeds=[0],
              methods=["tid", "fitnet"], cost_iters=5, cost_warmup=2,
              opts=["SOLVER.IMS_PER_BATCH", "4", "INPUT.MIN_SIZE_TRAIN", "(128, 160)",
@@ -100,7 +100,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--arch", default="GFL", choices=ARCHS,
                    help="detector of teacher and student (default GFL)")
     p.add_argument("--methods", nargs="+",
-                   help=f"methods, '+' combines (tid+ld); default: {' '.join(DEFAULT_METHODS)}")
+                   help=f"methods, '+' combines (tid+ld); default: {' '.join(default_methods())}")
     p.add_argument("--ablations", nargs="*", default=[],
                    help="TID variants KEY=VALUE[,KEY=VALUE] with KEY in tasks (both|cls|reg), thresholds "
                         "(assigner|fixed), ldam (on|off), soft (on|off), alpha, beta, gamma, lambda "
@@ -155,7 +155,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.stability and args.seeds is None:
         args.seeds = list(DEFAULT_SEEDS)
-    preset = QUICK if args.quick else FULL
+    preset = QUICK if args.quick else dict(FULL, methods=list(default_methods()))
     for key, value in preset.items():
         if key == "opts":
             args.opts = list(value) + list(args.opts)

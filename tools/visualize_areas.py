@@ -37,6 +37,7 @@ from detectron2.structures import BoxMode
 from detectron2.utils.env import seed_all_rng
 
 from tid_d2.distill.tid import TID
+from tid_d2.modeling.teacher_student import check_compatible
 from tid_d2.checkpoint import load_weights
 from tid_d2.engine.defaults import add_config_opts, config_opts, setup_cfg
 from tid_d2.visualization import area_fractions, area_sheet, areas_for_image, load_image
@@ -58,7 +59,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def build_models(cfg, weights: str) -> Tuple[torch.nn.Module, TID]:
     """The TeacherStudent model in eval mode (student loaded from `weights`) and its TID distiller
-    (one built from cfg.MODEL.TID when the config distills with other methods)."""
+    (one built from cfg.MODEL.DISTILL.TID when the config distills with other methods)."""
     if cfg.MODEL.META_ARCHITECTURE != "TeacherStudent":
         raise ValueError(
             f"{cfg.MODEL.META_ARCHITECTURE} config: visualize_areas needs a TeacherStudent config "
@@ -70,7 +71,7 @@ def build_models(cfg, weights: str) -> Tuple[torch.nn.Module, TID]:
         load_weights(model.student, weights, key="--weights")
     tid = model.distillers["tid"] if "tid" in model.distillers else None
     if tid is None:
-        tid = TID(cfg, model.teacher.feature_channels, model.student.feature_channels).to(model.device)
+        tid = TID(cfg.MODEL.DISTILL, check_compatible(model.teacher, model.student)).to(model.device)
     return model, tid.eval()
 
 

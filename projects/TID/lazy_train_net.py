@@ -21,11 +21,12 @@ import tid_d2  # noqa: E402,F401  (registers models and the tid_shapes datasets)
 from tid_d2.engine.defaults import create_ddp_model  # noqa: E402
 from tid_d2.engine.lazy import (  # noqa: E402
     build_lazy_eval_model,
+    build_lazy_trainer,
     check_config,
     do_test,
-    do_train,
     resolve_device,
 )
+from tid_d2.visualization import visualization_hooks  # noqa: E402
 
 
 def main(args):
@@ -36,7 +37,9 @@ def main(args):
     default_setup(cfg, args)
     if args.eval_only:
         return do_test(cfg, create_ddp_model(build_lazy_eval_model(cfg)))
-    do_train(cfg, resume=args.resume)
+    trainer, start_iter = build_lazy_trainer(cfg, resume=args.resume)
+    trainer.register_hooks(visualization_hooks(trainer.model))  # tid=dict(vis_period=...)
+    trainer.train(start_iter, cfg.train.max_iter)
 
 
 def invoke_main() -> None:

@@ -20,6 +20,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 from tid_d2.engine import TIDTrainer  # noqa: E402
 from tid_d2.engine.defaults import build_eval_model, setup_cfg  # noqa: E402
 from tid_d2.engine.progress import ProgressHook  # noqa: E402
+from tid_d2.visualization import visualization_hooks  # noqa: E402
 
 
 def main(args):
@@ -31,6 +32,7 @@ def main(args):
         model = build_eval_model(cfg, cfg.MODEL.WEIGHTS)
         return TIDTrainer.test(cfg, model)
     trainer = TIDTrainer(cfg)
+    trainer.register_hooks(visualization_hooks(trainer.model))  # MODEL.DISTILL.TID.VIS_PERIOD
     if getattr(args, "progress", False):
         trainer.register_hooks([ProgressHook(os.path.basename(os.path.normpath(cfg.OUTPUT_DIR)))])
     trainer.resume_or_load(resume=args.resume)

@@ -2,7 +2,7 @@
 baseline and distilled students over seeds), cost (step time, peak memory, loss time relative to
 the floor) and the report (results.json, results.md, a PNG chart)."""
 from .accuracy import (
-    DEFAULT_METHODS,
+    default_methods,
     FLOOR,
     STANDARD_ABLATIONS,
     DatasetSpec,
@@ -31,7 +31,7 @@ from .report import (
 )
 
 __all__ = [
-    "DEFAULT_METHODS",
+    "default_methods",
     "FLOOR",
     "STANDARD_ABLATIONS",
     "DatasetSpec",

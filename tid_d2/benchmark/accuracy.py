@@ -15,14 +15,14 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.utils.env import seed_all_rng
 
 from ..data.shapes import DEFAULT_SIDES, register_shapes, shapes_paths, variant_dirname
-from ..distill.base import DISTILLER_REGISTRY
+from ..distill.base import DISTILLER_REGISTRY, registered_methods
 from ..engine.defaults import setup_cfg
 from .report import METRICS
 
 __all__ = [
     "PROJECT_ROOT",
     "ARCHS",
-    "DEFAULT_METHODS",
+    "default_methods",
     "STANDARD_ABLATIONS",
     "MethodSpec",
     "FLOOR",
@@ -41,7 +41,14 @@ __all__ = [
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 ARCHS = ("GFL", "ATSS", "FCOS")
-DEFAULT_METHODS = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld", "pgd", "crosskd")
+
+
+def default_methods() -> Tuple[str, ...]:
+    """Every registered method, TID first, then in registration order (plugins included)."""
+    names = tuple(registered_methods())
+    return tuple(sorted(names, key=lambda n: n != "tid"))
+
+
 #: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
 STANDARD_ABLATIONS = (
     "tasks=cls", "tasks=reg", "thresholds=fixed", "ldam=off", "soft=on",
@@ -53,18 +60,18 @@ METRIC_FILE = "benchmark_metrics.json"
 
 # ablation key -> (config key, allowed values -> config value, or a converter for numbers)
 _ABLATION_KEYS = {
-    "tasks": ("MODEL.TID.TASKS", {"both": "both", "cls": "cls", "reg": "reg"}),
-    "thresholds": ("MODEL.TID.THRESHOLD_MODE", {"assigner": "assigner", "fixed": "fixed"}),
-    "ldam": ("MODEL.TID.LDAM", {"on": True, "off": False}),
-    "soft": ("MODEL.TID.SOFT_WEIGHTS", {"on": True, "off": False}),
-    "alpha": ("MODEL.TID.ALPHA", float),
-    "beta": ("MODEL.TID.BETA", float),
-    "gamma": ("MODEL.TID.GAMMA", float),
-    "lambda": ("MODEL.TID.LOSS_WEIGHT", float),
-    "precedence": ("MODEL.TID.AREA_PRECEDENCE", {"weak": "weak", "key": "key"}),
-    "tau_k": ("MODEL.TID.KEY_THRESH", float),
-    "tau_w": ("MODEL.TID.WEAK_THRESH", float),
-    "min_pos": ("MODEL.TID.MIN_POS_THRESH", float),
+    "tasks": ("MODEL.DISTILL.TID.TASKS", {"both": "both", "cls": "cls", "reg": "reg"}),
+    "thresholds": ("MODEL.DISTILL.TID.THRESHOLD_MODE", {"assigner": "assigner", "fixed": "fixed"}),
+    "ldam": ("MODEL.DISTILL.TID.LDAM", {"on": True, "off": False}),
+    "soft": ("MODEL.DISTILL.TID.SOFT_WEIGHTS", {"on": True, "off": False}),
+    "alpha": ("MODEL.DISTILL.TID.ALPHA", float),
+    "beta": ("MODEL.DISTILL.TID.BETA", float),
+    "gamma": ("MODEL.DISTILL.TID.GAMMA", float),
+    "lambda": ("MODEL.DISTILL.TID.LOSS_WEIGHT", float),
+    "precedence": ("MODEL.DISTILL.TID.AREA_PRECEDENCE", {"weak": "weak", "key": "key"}),
+    "tau_k": ("MODEL.DISTILL.TID.KEY_THRESH", float),
+    "tau_w": ("MODEL.DISTILL.TID.WEAK_THRESH", float),
+    "min_pos": ("MODEL.DISTILL.TID.MIN_POS_THRESH", float),
 }
 
 # (size, arch) -> config file of each role; "realistic" is the COCO setting, used for cost only.
@@ -92,13 +99,9 @@ class MethodSpec:
 FLOOR = MethodSpec("floor", ())
 
 
-def _registry_names() -> Dict[str, str]:
-    return {k.lower(): k for k, _ in DISTILLER_REGISTRY}
-
-
 def parse_method(text: str) -> MethodSpec:
     """'tid' -> MethodSpec('tid', ('TID',)); 'tid+ld' combines methods (names case-insensitive);
-    'fgd[MODEL.DISTILL.FGD.ALPHA=1e-4,...]' adds MODEL.DISTILL/MODEL.TID overrides to the entry."""
+    'fgd[MODEL.DISTILL.FGD.ALPHA=1e-4,...]' adds MODEL.DISTILL overrides to the entry."""
     head, bracket, rest = str(text).partition("[")
     opts = []
     if bracket:
@@ -106,11 +109,11 @@ def parse_method(text: str) -> MethodSpec:
             raise ValueError(f"--methods: {text!r} must read METHOD[KEY=VALUE,...]")
         for item in rest[:-1].split(","):
             key, eq, value = (x.strip() for x in item.partition("="))
-            if not eq or not value or not key.upper().startswith(("MODEL.DISTILL.", "MODEL.TID.")):
+            if not eq or not value or not key.upper().startswith("MODEL.DISTILL."):
                 raise ValueError(f"--methods: cannot read {item!r} in {text!r}; use "
-                                 "KEY=VALUE with KEY under MODEL.DISTILL or MODEL.TID")
+                                 "KEY=VALUE with KEY under MODEL.DISTILL")
             opts += [key.upper(), value]
-    known = _registry_names()
+    known = {k.lower(): k for k, _ in DISTILLER_REGISTRY}
     parts = [p.strip().lower() for p in head.split("+")]
     bad = [p for p in parts if p not in known]
     if bad or not parts:
@@ -138,7 +141,7 @@ def _ablation_value(key: str, value: str):
 
 
 def parse_ablation(text: str) -> MethodSpec:
-    """'tasks=cls' or 'tasks=cls,ldam=off' -> TID with MODEL.TID overrides, named 'tid[tasks=cls]'."""
+    """'tasks=cls' or 'tasks=cls,ldam=off' -> TID with MODEL.DISTILL.TID overrides, named 'tid[tasks=cls]'."""
     opts, shown = [], []
     for item in str(text).split(","):
         key, sep, value = item.strip().partition("=")

@@ -5,31 +5,25 @@ factors around the published values, on seed 0 of a tuning split that is not the
 each method then runs at its pick on the reported split. `tools/benchmark.py --tune` drives it.
 """
 import math
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import List, Mapping, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
+from ..distill.base import registered_methods
 from .accuracy import MethodSpec
 
-__all__ = ["DEFAULT_GRID", "MAIN_WEIGHTS", "grid_specs", "pick_factor"]
+__all__ = ["DEFAULT_GRID", "grid_specs", "main_weights", "pick_factor"]
 
 #: factors of the published weights searched for every method (the same points for everyone)
 DEFAULT_GRID = (0.5, 1.0, 2.0)
 
-#: each registered method's main loss weights (config keys), scaled together by the factor
-MAIN_WEIGHTS: Dict[str, Tuple[str, ...]] = {
-    "TID": ("MODEL.TID.LOSS_WEIGHT",),
-    "FITNET": ("MODEL.DISTILL.FITNET.LOSS_WEIGHT",),
-    "FGD": ("MODEL.DISTILL.FGD.ALPHA", "MODEL.DISTILL.FGD.BETA", "MODEL.DISTILL.FGD.GAMMA",
-            "MODEL.DISTILL.FGD.LAMBDA"),
-    "PKD": ("MODEL.DISTILL.PKD.LOSS_WEIGHT",),
-    "CWD": ("MODEL.DISTILL.CWD.LOSS_WEIGHT",),
-    "LD": ("MODEL.DISTILL.LD.LOSS_WEIGHT", "MODEL.DISTILL.LD.VLR_WEIGHT"),
-    "PGD": ("MODEL.DISTILL.PGD.ALPHA", "MODEL.DISTILL.PGD.BETA", "MODEL.DISTILL.PGD.GAMMA",
-            "MODEL.DISTILL.PGD.DELTA"),
-    "CROSSKD": ("MODEL.DISTILL.CROSSKD.CLS_WEIGHT", "MODEL.DISTILL.CROSSKD.BOX_WEIGHT",
-                "MODEL.DISTILL.CROSSKD.DIST_WEIGHT"),
-}  # fmt: skip
+def main_weights(method: str) -> Tuple[str, ...]:
+    """The config keys of a registered method's main loss weights (its `Distiller.main_weights`),
+    scaled together by the tuning factor. A method that declares none is a KeyError."""
+    cls = registered_methods()[method.lower()]
+    if not cls.main_weights:
+        raise KeyError(f"{method} declares no main loss weights (Distiller.main_weights): it cannot be tuned")
+    return tuple(f"MODEL.DISTILL.{cls.__name__.upper()}.{key}" for key in cls.main_weights)
 
 
 def _get(cfg: CfgNode, key: str) -> float:
@@ -43,7 +37,7 @@ def grid_specs(spec: MethodSpec, factors: Sequence[float], defaults: CfgNode) ->
     """
     One entry per factor: `spec` with every main weight of each of its methods set to factor x its
     value in `defaults` (the method's published weights, or the spec's own override). Named
-    '<name>@x<factor>'. A method without an entry in MAIN_WEIGHTS is a KeyError.
+    '<name>@x<factor>'. A method without main weights is a KeyError.
     """
     if not factors or any(not (math.isfinite(f) and f > 0) for f in factors):
         raise ValueError(f"--tune-grid: factors must be finite and > 0, got {list(factors)}")
@@ -52,9 +46,7 @@ def grid_specs(spec: MethodSpec, factors: Sequence[float], defaults: CfgNode) ->
     for factor in factors:
         opts = dict(own)
         for method in spec.methods:
-            if method.upper() not in MAIN_WEIGHTS:
-                raise KeyError(f"{method} has no main loss weights in tid_d2.benchmark.tuning.MAIN_WEIGHTS")
-            for key in MAIN_WEIGHTS[method.upper()]:
+            for key in main_weights(method):
                 base = float(own[key]) if key in own else _get(defaults, key)
                 opts[key] = repr(base * float(factor))
         flat = tuple(x for kv in opts.items() for x in kv)

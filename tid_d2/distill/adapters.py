@@ -1,13 +1,15 @@
 """`build_adapter`: phi, a 1x1 conv from student to teacher feature channels (for any distiller), and
-`AdaptedFeatureDistiller`, the base of methods on adapted features with one loss weight."""
+`AdaptedDistiller` / `AdaptedFeatureDistiller`, the bases of methods on adapted features (the latter
+with one loss weight)."""
 
 import torch
 from detectron2.config import configurable
 from torch import nn
 
-from .base import Distiller, check_loss_weights, distiller_base_config
+from ..structures import DistillLayout
+from .base import Distiller, check_loss_weights
 
-__all__ = ["ADAPTER_MODES", "AdaptedFeatureDistiller", "build_adapter"]
+__all__ = ["ADAPTER_MODES", "AdaptedDistiller", "AdaptedFeatureDistiller", "build_adapter"]
 
 #: values of MODEL.DISTILL.ADAPTER
 ADAPTER_MODES = ("auto", "always", "none")
@@ -47,27 +49,31 @@ def build_adapter(cfg_mode: str, student_channels: int, teacher_channels: int) -
     return conv
 
 
-class AdaptedFeatureDistiller(Distiller):
-    """A method on student features mapped by one adapter (shared by all levels, as the head that reads
-    them is) with one loss weight, MODEL.DISTILL.<NAME>.LOSS_WEIGHT."""
+class AdaptedDistiller(Distiller):
+    """A method on student features mapped by one adapter phi (MODEL.DISTILL.ADAPTER), shared by all
+    levels as the head that reads them is, built from the layout's channels."""
 
     @configurable
-    def __init__(self, *, adapter: nn.Module, loss_weight: float, **base):
-        """
-        Args:
-            adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W].
-            loss_weight: multiplies the method's loss.
-            base: the `Distiller` arguments.
-        """
+    def __init__(self, *, adapter: nn.Module, **base):
+        """adapter: maps student features [N, Cs, H, W] to [N, Ct, H, W]; base: the `Distiller`
+        arguments."""
         super().__init__(**base)
-        check_loss_weights(f"MODEL.DISTILL.{self.name.upper()}", LOSS_WEIGHT=loss_weight)
         self.adapter = adapter
-        self.loss_weight = loss_weight
 
     @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        return {
-            "adapter": build_adapter(cfg.MODEL.DISTILL.ADAPTER, student_channels, teacher_channels),
-            "loss_weight": getattr(cfg.MODEL.DISTILL, cls.name.upper()).LOSS_WEIGHT,
-            **distiller_base_config(cfg),
-        }
+    def from_config(cls, cfg, layout: DistillLayout):
+        adapter = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
+        return {**super().from_config(cfg, layout), "adapter": adapter}
+
+
+class AdaptedFeatureDistiller(AdaptedDistiller):
+    """An `AdaptedDistiller` with one loss weight, its LOSS_WEIGHT key (its main weight)."""
+
+    main_weights = ("LOSS_WEIGHT",)
+
+    @configurable
+    def __init__(self, *, loss_weight: float, **kwargs):
+        """loss_weight: multiplies the method's loss; kwargs: the `AdaptedDistiller` arguments."""
+        super().__init__(**kwargs)
+        check_loss_weights(f"MODEL.DISTILL.{self.name.upper()}", LOSS_WEIGHT=loss_weight)
+        self.loss_weight = loss_weight

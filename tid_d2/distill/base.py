@@ -1,34 +1,52 @@
-"""The distiller template and its registry: one method = one class = one file."""
+"""The distiller template, its registry and the two builders (YAML config, LazyConfig).
+
+A method is one class in one file: it declares its registry name (the class name), its config node
+MODEL.DISTILL.<NAME> with defaults (`config`), the keys the tuning protocol scales (`main_weights`)
+and how it is built from that node plus a `DistillLayout` (`from_config`). Everything else
+(`add_tid_config`, the tuning protocol, the benchmark's method list, `distillers_builder`) reads
+the registry.
+"""
 import functools
-from typing import Dict, List, Sequence, Tuple
+import re
+from typing import Any, Dict, List, Mapping, Sequence, Tuple
 
 import torch
-from detectron2.config import get_cfg
+from detectron2.config import CfgNode
 from detectron2.structures import Instances
-from detectron2.utils.events import EventStorage, get_event_storage
+from detectron2.utils.events import get_event_storage
 from detectron2.utils.registry import Registry
 from torch import Tensor, nn
 
-from ..structures import DenseOutputs
+from ..structures import DenseOutputs, DistillLayout
 from .helpers import check_feature_norm
 
 __all__ = [
     "DISTILLER_REGISTRY",
+    "SHARED_KEYS",
     "Distiller",
     "build_distillers",
+    "check_applicable",
     "check_loss_weights",
     "current_storage",
-    "distiller_base_config",
-    "distiller_dict",
     "distillers_builder",
+    "method_node",
+    "registered_methods",
     "warmup_factor",
 ]
 
 DISTILLER_REGISTRY = Registry("DISTILLER")
 DISTILLER_REGISTRY.__doc__ = """
-Registry for distillation methods. A registered class is built as `cls(cfg, teacher_channels,
-student_channels)` and is an `nn.Module` (it may own trainable adapters, which train with the student).
+Registry of distillation methods (`Distiller` subclasses), by class name. A registered class is
+built as `cls(cfg.MODEL.DISTILL, layout)` and is an `nn.Module` (it may own trainable adapters,
+which train with the student).
 """
+
+#: MODEL.DISTILL keys every method shares (config.py); a method's node name must not be one of them
+SHARED_KEYS = ("STUDENT_META_ARCHITECTURE", "METHODS", "WARMUP_ITERS", "LOG_PERIOD", "ADAPTER",
+               "FEATURE_NORM", "MAX_GRAD_NORM", "INHERIT")  # fmt: skip
+#: the shared keys a method receives as `Distiller` arguments (LazyConfig: lower-case overrides)
+_BASE_ARGS = ("WARMUP_ITERS", "LOG_PERIOD", "FEATURE_NORM")
+_KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
 def check_loss_weights(prefix: str, **weights: float) -> None:
@@ -57,23 +75,36 @@ def current_storage():
 
 class Distiller(nn.Module):
     """
-    The template of a distillation method. A method implements only `losses`; `forward` then
+    The template of a distillation method. A subclass declares
+
+    - `config`: its keys under MODEL.DISTILL.<NAME> (NAME: the class name, also its registry name
+      and, lower-case, `name`), each `KEY: (default, "what it is")`;
+    - `main_weights`: the keys of `config` the tuning protocol scales together;
+    - `needs_box_distributions`: whether it needs GFL box distributions (checked at build time);
+
+    and implements `losses`. `from_config` passes every key of `config` lower-case to the
+    constructor with the `Distiller` arguments; a method that builds modules (adapters) from the
+    `DistillLayout` extends it. `forward` then
 
     - names each loss term `loss_<name>_<term>` (`loss_<name>` for the term ""),
-    - multiplies every term by the warm-up factor of the current `EventStorage` iteration
-      (`warmup_iters`: a linear ramp over the first iterations; 1 outside a trainer),
+    - multiplies every term by the warm-up factor of the current `EventStorage` iteration,
     - keeps the detached diagnostics of the call in `self.diagnostics` and writes their means to
       `EventStorage` every `log_period` iterations (and "distill/weight" while warming up).
 
-    `visualize` may put pictures into `EventStorage` (`TeacherStudent` calls it after every
+    `record` may keep detached data for visualization hooks (`TeacherStudent` calls it after every
     training forward). The teacher's tensors carry no gradient.
     """
 
-    name: str = "base"
-    #: whether the method needs `DenseOutputs.box_logits` (GFL distributions); checked at build time.
+    name: str = "distiller"
+    config: Mapping[str, Tuple[Any, str]] = {}
+    main_weights: Tuple[str, ...] = ()
     needs_box_distributions: bool = False
 
-    def __init__(self, *, warmup_iters: int = 0, log_period: int = 20, feature_norm: str = "none"):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.name = cls.__name__.lower()
+
+    def __init__(self, *, warmup_iters: int, log_period: int, feature_norm: str):
         """
         Args:
             warmup_iters: MODEL.DISTILL.WARMUP_ITERS (0: full weight from the first iteration).
@@ -84,14 +115,41 @@ class Distiller(nn.Module):
         super().__init__()
         if warmup_iters < 0 or log_period < 1:
             raise ValueError(
-                f"{type(self).__name__}: warmup_iters must be >= 0 and log_period >= 1, got "
-                f"{warmup_iters} / {log_period}"
+                f"{type(self).__name__}: MODEL.DISTILL.WARMUP_ITERS must be >= 0 and LOG_PERIOD "
+                f">= 1, got {warmup_iters} / {log_period}"
             )
         check_feature_norm(feature_norm)
         self.warmup_iters = int(warmup_iters)
         self.log_period = int(log_period)
         self.feature_norm = feature_norm
         self.diagnostics: Dict[str, Tensor] = {}
+
+    @classmethod
+    def from_config(cls, cfg: CfgNode, layout: DistillLayout) -> Dict[str, Any]:
+        """Constructor arguments from MODEL.DISTILL (`cfg`): the method's own node, lower-case, and
+        the shared `Distiller` arguments. `layout` sizes what a subclass builds."""
+        node = cfg[cls.__name__.upper()]
+        own = {k.lower(): node[k] for k in cls.config}
+        return {**own, **{k.lower(): cfg[k] for k in _BASE_ARGS}}
+
+    @classmethod
+    def default_node(cls) -> CfgNode:
+        """MODEL.DISTILL.<NAME> at its defaults (`add_tid_config` calls it for every registered
+        method, so a wrong declaration fails when the first config is made)."""
+        bad = [k for k in cls.config if not _KEY.match(k)]
+        bad += [k for k in cls.main_weights if k not in cls.config]
+        if bad or cls.__name__.upper() in SHARED_KEYS:
+            raise TypeError(
+                f"distiller {cls.__name__}: config keys must be upper-case names, main_weights keys "
+                f"of config, and the class name none of MODEL.DISTILL's shared keys {SHARED_KEYS}; "
+                f"wrong: {bad or cls.__name__}"
+            )
+        return CfgNode({k: v for k, (v, _) in cls.config.items()})
+
+    @classmethod
+    def from_defaults(cls, layout: DistillLayout, **overrides) -> "Distiller":
+        """The method at its config defaults, `overrides` by lower-case key (own or shared)."""
+        return build_distillers(method_node([cls.__name__], {cls.name: overrides}), layout)[cls.name]
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
@@ -124,19 +182,19 @@ class Distiller(nn.Module):
         nothing; a method that runs the teacher's head on student features (CrossKD) keeps it,
         without registering it as a submodule."""
 
-    def visualize(
+    def record(
         self,
-        storage: EventStorage,
         image: Tensor,
         input_format: str,
         teacher: DenseOutputs,
         student: DenseOutputs,
         targets: List[Instances],
     ) -> None:
-        """Called at every training step: may put pictures of the batch's first image (`image`
-        [3, h, w], channels in `input_format`) into `storage` (default: nothing)."""
+        """Called after every training forward with the batch's first image (`image` [3, h, w],
+        channels in `input_format`): a method may keep detached data for a visualization hook
+        (default: nothing). It draws nothing itself."""
 
-    def _write(self, storage: EventStorage, scale: float) -> None:
+    def _write(self, storage, scale: float) -> None:
         if self.warmup_iters > 0:
             storage.put_scalar("distill/weight", scale, smoothing_hint=False)
         if (storage.iter + 1) % self.log_period or not self.diagnostics:
@@ -148,62 +206,83 @@ class Distiller(nn.Module):
         storage.put_scalars(**values, smoothing_hint=False)
 
 
-def distiller_base_config(cfg) -> Dict:
-    """The `Distiller` arguments every method's `from_config` passes on."""
-    return {
-        "warmup_iters": cfg.MODEL.DISTILL.WARMUP_ITERS,
-        "log_period": cfg.MODEL.DISTILL.LOG_PERIOD,
-        "feature_norm": cfg.MODEL.DISTILL.FEATURE_NORM,
-    }
+def registered_methods() -> Dict[str, type]:
+    """Every registered method by lower-case name, in registration order."""
+    return {name.lower(): cls for name, cls in DISTILLER_REGISTRY}
 
 
-def build_distillers(
-    cfg, teacher_channels: int, student_channels: int, methods=None, **method_args
-) -> nn.ModuleDict:
-    """
-    Build every method named in `methods` (default cfg.MODEL.DISTILL.METHODS; case-insensitive
-    registry names) from `cfg`; `method_args[<lower-case name>]` overrides a method's arguments.
-    """
-    names = [m.lower() for m in (cfg.MODEL.DISTILL.METHODS if methods is None else methods)]
-    known = {k.lower(): k for k, _ in DISTILLER_REGISTRY}
-    unknown = sorted(set(method_args) - set(names))
+def _lookup(names: Sequence[str], key: str) -> List[type]:
+    known = registered_methods()
+    unknown = [str(m).lower() for m in names if str(m).lower() not in known]
     if unknown:
-        raise KeyError(f"arguments given for methods {unknown} that are not in {names}")
+        raise KeyError(f"{key} names unknown methods {unknown}; known: {sorted(known)}")
+    return [known[str(m).lower()] for m in names]
+
+
+def check_applicable(method, layout: DistillLayout) -> None:
+    """A ValueError when `method` (a Distiller class or instance) cannot distill this pair."""
+    if method.needs_box_distributions and not layout.box_distributions:
+        raise ValueError(
+            f"distillation method '{method.name}' needs GFL box distributions in teacher and student "
+            "(DenseOutputs.box_logits); this teacher/student pair does not give them (LD applies to "
+            "GFL -> GFL)"
+        )
+
+
+def build_distillers(distill: CfgNode, layout: DistillLayout) -> nn.ModuleDict:
+    """
+    The builder: every method of `distill.METHODS` (case-insensitive registry names), each built
+    as `cls(**cls.from_config(distill, layout))` from MODEL.DISTILL (`distill`) and the `layout` of
+    the two detectors, by lower-case name.
+    """
     out = nn.ModuleDict()
-    for m in names:
-        if m not in known:
-            raise KeyError(
-                f"MODEL.DISTILL.METHODS names unknown method '{m}'; known: {sorted(known)}"
-            )
-        cls = DISTILLER_REGISTRY.get(known[m])
-        out[m] = cls(cfg, teacher_channels, student_channels, **method_args.get(m, {}))
+    for cls in _lookup(distill.METHODS, "MODEL.DISTILL.METHODS"):
+        check_applicable(cls, layout)
+        if cls.name in out:
+            raise ValueError(f"MODEL.DISTILL.METHODS names '{cls.name}' twice")
+        out[cls.name] = cls(**cls.from_config(distill, layout))
     return out
 
 
-def distillers_builder(methods: Sequence[str] = ("TID",), **method_args):
+def method_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode:
     """
-    For LazyConfig: a function (teacher_channels, student_channels) -> distillers that
-    `TeacherStudent` calls with its models' channels. Methods start from their config defaults
-    (MODEL.DISTILL.*, MODEL.TID.*); `method_args` are the shared `warmup_iters` / `log_period` /
-    `feature_norm` and
-    per-method overrides by lower-case name, e.g. `tid=dict(alpha=1.0)`.
+    MODEL.DISTILL at its defaults with METHODS = `methods` and lower-case `overrides`: the shared
+    `warmup_iters`, `log_period`, `feature_norm`, `adapter`, and per method by lower-case name a
+    dict of its own lower-case keys (e.g. `tid=dict(alpha=1.0)`; a trailing "_" is dropped, so
+    `lambda_` names LAMBDA). An unknown key is a KeyError naming the known ones.
     """
-    from ..config import add_tid_config
+    from ..config import add_tid_config  # the registry-built defaults; config imports this package
+    from detectron2.config import get_cfg
 
-    base = {k: method_args.pop(k) for k in ("warmup_iters", "log_period", "feature_norm") if k in method_args}
-    names = [m.lower() for m in methods]
-    per_method = {m: {**base, **method_args.get(m, {})} for m in names}
-    unknown = sorted(set(method_args) - set(names))
-    if unknown:
-        raise KeyError(f"distillers_builder: arguments for {unknown}, which are not in {names}")
-    cfg = add_tid_config(get_cfg())
-    return functools.partial(build_distillers, cfg, methods=names, **per_method)
+    distill = add_tid_config(get_cfg()).MODEL.DISTILL
+    classes = _lookup(methods, "distillers_builder(methods=...)")
+    distill.METHODS = [cls.__name__ for cls in classes]
+    per_method = {cls.name: cls for cls in classes}
+    shared = {k.lower(): k for k in _BASE_ARGS + ("ADAPTER",)}
+    for key, value in overrides.items():
+        if key in shared:
+            distill[shared[key]] = value
+        elif key in per_method:
+            node, own = distill[key.upper()], per_method[key].config
+            for k, v in dict(value).items():
+                upper = k.rstrip("_").upper()
+                if upper not in own:
+                    raise KeyError(
+                        f"'{k}' is not a key of MODEL.DISTILL.{key.upper()}; known (lower-case): "
+                        f"{sorted(x.lower() for x in own)}"
+                    )
+                node[upper] = v
+        else:
+            raise KeyError(
+                f"override '{key}' is neither a shared key {sorted(shared)} nor a method in {methods}"
+            )
+    return distill
 
 
-def distiller_dict(**methods: Distiller) -> nn.ModuleDict:
-    """The distillers of a TeacherStudent from keyword arguments (LazyConfig: `L(distiller_dict)(
-    tid=L(TID)(...))`); keys are the methods' lower-case names, as `build_distillers` gives them."""
-    for key, d in methods.items():
-        if not isinstance(d, Distiller) or key != d.name:
-            raise ValueError(f"distiller_dict: '{key}' must be a Distiller named '{key}', got {d!r:.80}")
-    return nn.ModuleDict(methods)
+def distillers_builder(methods: Sequence[str] = ("TID",), **overrides):
+    """
+    The LazyConfig builder: a function of the `DistillLayout` that `TeacherStudent` calls once it
+    has both detectors. Methods start from their MODEL.DISTILL.* defaults; `overrides` as in
+    `method_node` (e.g. `warmup_iters=100, tid=dict(alpha=1.0)`).
+    """
+    return functools.partial(build_distillers, method_node(list(methods), overrides))

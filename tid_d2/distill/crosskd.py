@@ -15,8 +15,8 @@ from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
 from ..structures import DenseOutputs
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .adapters import AdaptedDistiller
+from .base import DISTILLER_REGISTRY, check_loss_weights
 from .helpers import feature_pairs
 from .ld import side_kl
 
@@ -43,7 +43,7 @@ def align_to_teacher(student: Tensor, teacher: Tensor, eps: float = 1e-6) -> Ten
 
 
 @DISTILLER_REGISTRY.register()
-class CROSSKD(Distiller):
+class CROSSKD(AdaptedDistiller):
     """
     Losses (each times the warm-up):
     - loss_crosskd_cls: CLS_WEIGHT * kd_quality_focal_loss(cross logits, sigmoid(teacher logits)),
@@ -55,25 +55,30 @@ class CROSSKD(Distiller):
     The teacher's head is the contract's `head_outputs`, attached by `TeacherStudent`.
     """
 
-    name = "crosskd"
+    config = {
+        "CLS_WEIGHT": (1.0, "KD quality focal loss of the cross head's classes"),
+        "CLS_BETA": (1.0, "its focusing exponent"),
+        "BOX_WEIGHT": (2.0, "GIoU of cross vs teacher boxes (the ATSS config uses 1.0)"),
+        "DIST_WEIGHT": (3.0, "KL of GFL box distributions (GFL only)"),
+        "DIST_TAU": (1.0, "its temperature"),
+    }
+    main_weights = ("CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT")
 
     @configurable
     def __init__(
         self,
         *,
-        teacher_channels: int,
-        student_channels: int,
-        adapter: str = "auto",
-        cls_weight: float = 1.0,
-        cls_beta: float = 1.0,
-        box_weight: float = 2.0,
-        dist_weight: float = 3.0,
-        dist_tau: float = 1.0,
-        **base,
+        cls_weight: float,
+        cls_beta: float,
+        box_weight: float,
+        dist_weight: float,
+        dist_tau: float,
+        **kwargs,
     ):
-        """Arguments are the MODEL.DISTILL.CROSSKD keys; adapter: MODEL.DISTILL.ADAPTER (a 1x1 conv
-        before the alignment when channels differ); base: the `Distiller` arguments."""
-        super().__init__(**base)
+        """Arguments are the MODEL.DISTILL.CROSSKD keys (defaults: CrossKD's GFL R-101 -> R-50
+        config); kwargs: the `AdaptedDistiller` arguments (the adapter is a 1x1 conv before the
+        alignment when channels differ)."""
+        super().__init__(**kwargs)
         check_loss_weights(
             "MODEL.DISTILL.CROSSKD", CLS_WEIGHT=cls_weight, BOX_WEIGHT=box_weight, DIST_WEIGHT=dist_weight
         )
@@ -81,26 +86,10 @@ class CROSSKD(Distiller):
             raise ValueError(
                 f"MODEL.DISTILL.CROSSKD.CLS_BETA and DIST_TAU must be > 0, got {cls_beta} / {dist_tau}"
             )
-        self.adapter = build_adapter(adapter, student_channels, teacher_channels)
         self.cls_weight, self.cls_beta = float(cls_weight), float(cls_beta)
         self.box_weight = float(box_weight)
         self.dist_weight, self.dist_tau = float(dist_weight), float(dist_tau)
         object.__setattr__(self, "_teacher", None)  # not a submodule: never trained or saved
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        c = cfg.MODEL.DISTILL.CROSSKD
-        return {
-            "teacher_channels": teacher_channels,
-            "student_channels": student_channels,
-            "adapter": cfg.MODEL.DISTILL.ADAPTER,
-            "cls_weight": c.CLS_WEIGHT,
-            "cls_beta": c.CLS_BETA,
-            "box_weight": c.BOX_WEIGHT,
-            "dist_weight": c.DIST_WEIGHT,
-            "dist_tau": c.DIST_TAU,
-            **distiller_base_config(cfg),
-        }
 
     def attach_teacher(self, teacher) -> None:
         object.__setattr__(self, "_teacher", teacher)

@@ -35,7 +35,10 @@ class CWD(AdaptedFeatureDistiller):
     levels.
     """
 
-    name = "cwd"
+    config = {
+        "TAU": (1.0, "softmax temperature"),
+        "LOSS_WEIGHT": (10.0, "per level; mmrazor's FPN detection configs"),
+    }
 
     @configurable
     def __init__(self, *, tau: float, **kwargs):
@@ -44,10 +47,6 @@ class CWD(AdaptedFeatureDistiller):
         if tau <= 0:
             raise ValueError(f"MODEL.DISTILL.CWD.TAU must be > 0, got {tau}")
         self.tau = tau
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        return {**super().from_config(cfg, teacher_channels, student_channels), "tau": cfg.MODEL.DISTILL.CWD.TAU}
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

@@ -7,12 +7,12 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor, nn
 
-from ..structures import DenseOutputs
+from ..structures import DenseOutputs, DistillLayout
 from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights
 from .helpers import feature_pairs
 
-__all__ = ["FGD", "GlobalContext", "attention_maps", "box_masks", "num_fpn_levels"]
+__all__ = ["FGD", "GlobalContext", "attention_maps", "box_masks"]
 
 
 class GlobalContext(nn.Module):
@@ -93,24 +93,6 @@ def box_masks(targets: List[Instances], stride: float, shape, device):
     return fg.reshape(n, h, w), bg.reshape(n, h, w)
 
 
-def num_fpn_levels(cfg) -> int:
-    """MODEL.DISTILL.FGD.NUM_LEVELS, or when 0 the number of IN_FEATURES of the student's head."""
-    n = cfg.MODEL.DISTILL.FGD.NUM_LEVELS
-    if n == 0:
-        arch = str(cfg.MODEL.DISTILL.get("STUDENT_META_ARCHITECTURE", "")).upper()
-        head = cfg.MODEL.get(arch)
-        if head is None or "IN_FEATURES" not in head:
-            raise ValueError(
-                "FGD cannot infer its FPN level count from "
-                f"MODEL.DISTILL.STUDENT_META_ARCHITECTURE='{arch}' (no MODEL.{arch}.IN_FEATURES); "
-                "set MODEL.DISTILL.FGD.NUM_LEVELS"
-            )
-        n = len(head.IN_FEATURES)
-    if n < 1:
-        raise ValueError(f"MODEL.DISTILL.FGD.NUM_LEVELS must be >= 0, got {n}")
-    return n
-
-
 @DISTILLER_REGISTRY.register()
 class FGD(Distiller):
     """
@@ -127,7 +109,14 @@ class FGD(Distiller):
     once they are trained the relation term generally does not (G_s != G_t).
     """
 
-    name = "fgd"
+    config = {
+        "TEMPERATURE": (0.5, "temperature of the spatial/channel attention"),
+        "ALPHA": (0.001, "weight of the foreground feature loss"),
+        "BETA": (0.0005, "weight of the background feature loss"),
+        "GAMMA": (0.0005, "weight of the attention (mask) loss"),
+        "LAMBDA": (0.000005, "weight of the global relation loss"),
+    }
+    main_weights = ("ALPHA", "BETA", "GAMMA", "LAMBDA")
 
     @configurable
     def __init__(
@@ -164,31 +153,24 @@ class FGD(Distiller):
         self.weights = {"fg": alpha, "bg": beta, "mask": gamma, "relation": lambda_}
 
     @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        c = cfg.MODEL.DISTILL.FGD
-        levels = range(num_fpn_levels(cfg))
-        mode = cfg.MODEL.DISTILL.ADAPTER
-        return {
-            "adapters": nn.ModuleList(
-                [build_adapter(mode, student_channels, teacher_channels) for _ in levels]
-            ),
-            "student_context": nn.ModuleList([GlobalContext(teacher_channels) for _ in levels]),
-            "teacher_context": nn.ModuleList([GlobalContext(teacher_channels) for _ in levels]),
-            "temperature": c.TEMPERATURE,
-            "alpha": c.ALPHA,
-            "beta": c.BETA,
-            "gamma": c.GAMMA,
-            "lambda_": c.LAMBDA,
-            **distiller_base_config(cfg),
-        }
+    def from_config(cls, cfg, layout: DistillLayout):
+        """One adapter and two context modules per level of the layout (the authors' configs)."""
+        args = super().from_config(cfg, layout)
+        levels = range(layout.num_levels)
+        s, t = layout.student_channels, layout.teacher_channels
+        args["adapters"] = nn.ModuleList([build_adapter(cfg.ADAPTER, s, t) for _ in levels])
+        args["student_context"] = nn.ModuleList([GlobalContext(t) for _ in levels])
+        args["teacher_context"] = nn.ModuleList([GlobalContext(t) for _ in levels])
+        args["lambda_"] = args.pop("lambda")
+        return args
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
         if student.num_levels != len(self.adapters):
             raise ValueError(
-                f"FGD was built for {len(self.adapters)} FPN levels (MODEL.DISTILL.FGD.NUM_LEVELS) "
-                f"but the student has {student.num_levels}; set the key to the head's level count"
+                f"FGD was built for {len(self.adapters)} FPN levels (the DistillLayout) but the "
+                f"student has {student.num_levels}"
             )
         if len(targets) != student.features[0].shape[0]:
             raise ValueError(

@@ -22,7 +22,7 @@ class FITNET(AdaptedFeatureDistiller):
     channels and all locations of all FPN levels (every location weighs the same).
     """
 
-    name = "fitnet"
+    config = {"LOSS_WEIGHT": (1.0, "weight of the mean squared error")}
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

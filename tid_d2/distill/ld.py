@@ -10,7 +10,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs, batched_iou
-from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights
 from .helpers import pad_targets
 
 __all__ = ["LD", "batched_diou", "side_kl"]
@@ -60,7 +60,14 @@ class LD(Distiller):
     Like the public LD, the sums are over the batch (not averaged over locations or images).
     """
 
-    name = "ld"
+    config = {
+        "TAU": (10.0, "softmax temperature"),
+        "LOSS_WEIGHT": (0.25, "main region: the student assigner's positives"),
+        "VLR_WEIGHT": (0.25, "valuable localization region (0 disables it)"),
+        "VLR_ALPHA": (0.25, "VLR: VLR_ALPHA * thr_pos <= DIoU(anchor, GT) < thr_pos"),
+        "MAIN_IOU_THRESH": (0.5, "teacher-box IoU main region if no extras['pos_mask']"),
+    }
+    main_weights = ("LOSS_WEIGHT", "VLR_WEIGHT")
     needs_box_distributions = True
 
     @configurable
@@ -93,18 +100,6 @@ class LD(Distiller):
         self.vlr_alpha = vlr_alpha
         self.main_iou_thresh = main_iou_thresh
         self._warned_no_thresholds = False
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        c = cfg.MODEL.DISTILL.LD
-        return {
-            "tau": c.TAU,
-            "loss_weight": c.LOSS_WEIGHT,
-            "vlr_weight": c.VLR_WEIGHT,
-            "vlr_alpha": c.VLR_ALPHA,
-            "main_iou_thresh": c.MAIN_IOU_THRESH,
-            **distiller_base_config(cfg),
-        }
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

@@ -15,9 +15,9 @@ from detectron2.config import configurable
 from detectron2.structures import Instances
 from torch import Tensor
 
-from ..structures import DenseOutputs, batched_iou
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from ..structures import DenseOutputs, DistillLayout, batched_iou
+from .adapters import AdaptedDistiller
+from .base import DISTILLER_REGISTRY, check_loss_weights
 from .helpers import feature_pairs, pad_targets
 
 __all__ = ["PGD", "background_mask", "key_predictive_mask"]
@@ -106,7 +106,7 @@ def _per_image_normalized(mask: Tensor) -> Tensor:
 
 
 @DISTILLER_REGISTRY.register()
-class PGD(Distiller):
+class PGD(AdaptedDistiller):
     """
     Losses (each times the warm-up), summed over levels with per-level weights w_l:
     - loss_pgd_cls: w_l * (ALPHA * fg + BETA * bg) + DELTA * attention imitation, on the
@@ -115,29 +115,37 @@ class PGD(Distiller):
       imitation.
     """
 
-    name = "pgd"
+    config = {
+        "TEMPERATURE": (0.8, "attention softmax temperature"),
+        "ALPHA": (0.04, "classification-side foreground feature loss"),
+        "BETA": (0.02, "classification-side background feature loss"),
+        "GAMMA": (0.064, "regression-side feature loss"),
+        "DELTA": (0.0008, "attention imitation"),
+        "LEVEL_WEIGHTS": ([1.0, 1.25, 1.5, 1.75, 2.0], "classification side, one per level (P3..P7)"),
+        "TOPK": (30, "key predictive locations per GT"),
+        "CLS_QUALITY_ALPHA": (0.8, "q = score^(1-a) IoU^a, classification mask"),
+        "REG_QUALITY_ALPHA": (0.6, "the same, regression mask"),
+    }
+    main_weights = ("ALPHA", "BETA", "GAMMA", "DELTA")
 
     @configurable
     def __init__(
         self,
         *,
-        teacher_channels: int,
-        student_channels: int,
-        adapter: str = "auto",
-        temperature: float = 0.8,
-        alpha: float = 0.04,
-        beta: float = 0.02,
-        gamma: float = 0.064,
-        delta: float = 0.0008,
-        level_weights: Sequence[float] = (1.0, 1.25, 1.5, 1.75, 2.0),
-        topk: int = 30,
-        cls_quality_alpha: float = 0.8,
-        reg_quality_alpha: float = 0.6,
-        **base,
+        temperature: float,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        delta: float,
+        level_weights: Sequence[float],
+        topk: int,
+        cls_quality_alpha: float,
+        reg_quality_alpha: float,
+        **kwargs,
     ):
-        """Arguments are the MODEL.DISTILL.PGD keys (PGD's GFL R-101 -> R-50 config); base: the
-        `Distiller` arguments."""
-        super().__init__(**base)
+        """Arguments are the MODEL.DISTILL.PGD keys (defaults: PGD's GFL R-101 -> R-50 config);
+        kwargs: the `AdaptedDistiller` arguments."""
+        super().__init__(**kwargs)
         check_loss_weights(
             "MODEL.DISTILL.PGD", ALPHA=alpha, BETA=beta, GAMMA=gamma, DELTA=delta,
             LEVEL_WEIGHTS=min(level_weights, default=0.0),
@@ -149,7 +157,6 @@ class PGD(Distiller):
         for key, v in (("CLS_QUALITY_ALPHA", cls_quality_alpha), ("REG_QUALITY_ALPHA", reg_quality_alpha)):
             if not 0 <= v <= 1:
                 raise ValueError(f"MODEL.DISTILL.PGD.{key} must be in [0, 1], got {v}")
-        self.adapter = build_adapter(adapter, student_channels, teacher_channels)
         self.temperature = float(temperature)
         self.alpha, self.beta, self.gamma, self.delta = map(float, (alpha, beta, gamma, delta))
         self.level_weights = [float(w) for w in level_weights]
@@ -158,23 +165,14 @@ class PGD(Distiller):
         self.reg_quality_alpha = float(reg_quality_alpha)
 
     @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        p = cfg.MODEL.DISTILL.PGD
-        return {
-            "teacher_channels": teacher_channels,
-            "student_channels": student_channels,
-            "adapter": cfg.MODEL.DISTILL.ADAPTER,
-            "temperature": p.TEMPERATURE,
-            "alpha": p.ALPHA,
-            "beta": p.BETA,
-            "gamma": p.GAMMA,
-            "delta": p.DELTA,
-            "level_weights": p.LEVEL_WEIGHTS,
-            "topk": p.TOPK,
-            "cls_quality_alpha": p.CLS_QUALITY_ALPHA,
-            "reg_quality_alpha": p.REG_QUALITY_ALPHA,
-            **distiller_base_config(cfg),
-        }
+    def from_config(cls, cfg, layout: DistillLayout):
+        args = super().from_config(cfg, layout)
+        if len(args["level_weights"]) < layout.num_levels:
+            raise ValueError(
+                f"MODEL.DISTILL.PGD.LEVEL_WEIGHTS has {len(args['level_weights'])} entries for "
+                f"{layout.num_levels} FPN levels; give one per level"
+            )
+        return args
 
     @torch.no_grad()
     def masks(self, teacher: DenseOutputs, targets: List[Instances]) -> Dict[str, Tensor]:
@@ -217,11 +215,6 @@ class PGD(Distiller):
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        if len(self.level_weights) < teacher.num_levels:
-            raise ValueError(
-                f"MODEL.DISTILL.PGD.LEVEL_WEIGHTS has {len(self.level_weights)} entries for "
-                f"{teacher.num_levels} FPN levels; give one per level"
-            )
         pairs = feature_pairs(teacher, student, self.adapter, "PGD", norm=self.feature_norm)
         m = self.masks(teacher, targets)
         sizes = [h * w for h, w in teacher.level_shapes]

@@ -34,7 +34,7 @@ class PKD(AdaptedFeatureDistiller):
     Student maps of another size are resized (bilinear) to the teacher's, as PKD does.
     """
 
-    name = "pkd"
+    config = {"LOSS_WEIGHT": (10.0, "per level; mmrazor's dense-detector configs")}
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]

@@ -20,22 +20,21 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 
 from ..structures import DenseOutputs, batched_iou
-from .adapters import build_adapter
-from .base import DISTILLER_REGISTRY, Distiller, check_loss_weights, distiller_base_config
+from .adapters import AdaptedDistiller
+from .base import DISTILLER_REGISTRY, check_loss_weights, current_storage
 from .helpers import feature_pairs, pad_targets
-from .tid_visualization import tid_area_sheet_for_tensorboard
 
 __all__ = ["TID", "check_same_batch_layout", "diem_scores", "ldam_areas", "sfdm_loss"]
 
 TASKS = ("both", "cls", "reg")
 THRESHOLD_MODES = ("assigner", "fixed")
-#: which area a location that passes both LDAM tests belongs to (MODEL.TID.AREA_PRECEDENCE)
+#: which area a location that passes both LDAM tests belongs to (MODEL.DISTILL.TID.AREA_PRECEDENCE)
 PRECEDENCES = ("weak", "key")
 #: tolerance of LDAM's threshold tests, so that a product of DIEM levels equal to a threshold on
 #: paper (e.g. 1.5 * 1.5 = tau_K = 2.25) reaches it in floating point too.
 SCORE_EPS = 1e-6
 #: thr_pos never drops below this: a box that overlaps no GT is never positive.
-_MIN_POS_THRESH = 1e-6
+POS_THRESH_EPS = 1e-6
 
 
 @torch.no_grad()
@@ -62,7 +61,7 @@ def diem_scores(
         thr_pos: [N, M] the positive IoU threshold of each GT (assigner mode: the detector's own
             per-GT threshold; fixed mode: one value everywhere). Padded entries are never used.
         thr_neg: the negative IoU threshold; at each location it is clamped to <= thr_pos(k*).
-        levels: (hi, mid, lo) score values (MODEL.TID.SCORE_LEVELS, 2 / 1.5 / 0.4).
+        levels: (hi, mid, lo) score values (MODEL.DISTILL.TID.SCORE_LEVELS, 2 / 1.5 / 0.4).
         tau: confidence of a "confident" class prediction; tau_bg: confidence below which a
             background location is "clean" (tau_bg <= tau).
         tasks: "both": Score = Score_r * Score_c. Single-task modes score the dropped task as
@@ -81,8 +80,6 @@ def diem_scores(
     (wrong class); elsewhere (background) Score_c = hi (conf < tau_bg), mid (tau_bg <= conf < tau)
     or lo (conf >= tau). conf = max_k sigmoid(logit_k).
     """
-    if tasks not in TASKS:
-        raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
     hi, mid, lo = (float(v) for v in levels)
     n, a = boxes.shape[:2]
     if gt_boxes.shape[1] == 0:  # no GT in the whole batch: one invalid dummy keeps shapes uniform
@@ -99,7 +96,7 @@ def diem_scores(
     iou_max = iou_max.clamp_(min=0.0)
     k_idx = k_star.masked_fill_(~has_gt, 0)
 
-    t_pos = thr_pos.float().gather(1, k_idx).clamp_(min=_MIN_POS_THRESH)
+    t_pos = thr_pos.float().gather(1, k_idx).clamp_(min=POS_THRESH_EPS)
     t_pos = t_pos.masked_fill_(~has_gt, math.inf)
     positive = iou_max >= t_pos
     # thr_neg clamped to <= thr_pos(k*): a positive location always sees an object
@@ -117,8 +114,10 @@ def diem_scores(
         score = score_r * score_c
     elif tasks == "cls":
         score = hi * score_c
-    else:
+    elif tasks == "reg":
         score = hi * score_r
+    else:
+        raise ValueError(f"diem_scores: tasks must be one of {TASKS}, got '{tasks}'")
     k_star = k_idx.masked_fill_(~has_gt, -1)
     return score, score_r, score_c, iou_max, k_star
 
@@ -149,17 +148,15 @@ def ldam_areas(
         key, weak, other: [N, A] bool, pairwise disjoint, covering every location.
         Threshold tests allow SCORE_EPS of float error.
     """
-    if precedence not in PRECEDENCES:
-        raise ValueError(
-            f"MODEL.TID.AREA_PRECEDENCE must be one of {PRECEDENCES}, got '{precedence}'"
-        )
     key = score_t >= tau_k - SCORE_EPS
     if ldam:
         weak = (score_t - score_s) >= tau_w - SCORE_EPS
         if precedence == "weak":
             key = key & ~weak
-        else:
+        elif precedence == "key":
             weak = weak & ~key
+        else:
+            raise ValueError(f"ldam_areas: precedence must be one of {PRECEDENCES}, got '{precedence}'")
     else:
         weak = torch.zeros_like(key)
     other = ~(key | weak)
@@ -186,6 +183,8 @@ def _area_mean(
         if weight is not None:
             num = num * mask.sum() / torch.where(total > 0, total, torch.ones_like(total))
         return num / (mask.numel() * channels)
+    if normalize != "area":
+        raise ValueError(f"sfdm_loss: normalize must be one of {NORMALIZATIONS}, got '{normalize}'")
     den = total * channels
     return num / torch.where(den > 0, den, torch.ones_like(den))
 
@@ -244,8 +243,6 @@ def sfdm_loss(
             f"sfdm_loss: features give {tuple(dist.shape)} locations, "
             f"area masks are {tuple(key.shape)}"
         )
-    if normalize not in NORMALIZATIONS:
-        raise ValueError(f"MODEL.TID.NORMALIZE must be one of {NORMALIZATIONS}, got '{normalize}'")
     channels = feats_t[0].shape[1]
     return (
         _area_mean(dist, key, key_weight, channels, normalize),
@@ -255,22 +252,8 @@ def sfdm_loss(
 
 
 def check_same_batch_layout(teacher: DenseOutputs, student: DenseOutputs, num_images: int) -> None:
-    """Raise a ValueError unless teacher and student describe the same batch and level layout."""
-    if teacher.num_levels != student.num_levels:
-        raise ValueError(
-            f"TID: teacher has {teacher.num_levels} FPN levels, student {student.num_levels}; "
-            "their heads must use the same IN_FEATURES"
-        )
-    if list(teacher.strides) != list(student.strides):
-        raise ValueError(
-            f"TID: teacher strides {list(teacher.strides)} != "
-            f"student strides {list(student.strides)}"
-        )
-    if teacher.num_classes != student.num_classes:
-        raise ValueError(
-            f"TID: teacher predicts {teacher.num_classes} classes, student {student.num_classes}; "
-            "both must be trained on the same dataset (NUM_CLASSES)"
-        )
+    """Raise a ValueError unless teacher and student describe the same image batch (levels, strides
+    and classes are the `DistillLayout`'s, checked once when the distiller is built)."""
     if teacher.level_shapes != student.level_shapes:
         raise ValueError(
             f"TID: teacher level shapes {teacher.level_shapes} != student {student.level_shapes}: "
@@ -300,79 +283,102 @@ def check_same_batch_layout(teacher: DenseOutputs, student: DenseOutputs, num_im
 
 
 @DISTILLER_REGISTRY.register()
-class TID(Distiller):
+class TID(AdaptedDistiller):
     """
-    Task Integration Distillation. Losses (each times MODEL.TID.LOSS_WEIGHT and the warm-up):
+    Task Integration Distillation. Losses (each times MODEL.DISTILL.TID.LOSS_WEIGHT and the warm-up):
     loss_tid_key = alpha * L_K, loss_tid_weak = beta * L_W, loss_tid_other = gamma * L_O.
     Areas and scores are computed without gradient from both models' predictions; the teacher's
     features are detached; the student's pass through one adapter shared by all levels.
     """
 
-    name = "tid"
+    config = {
+        "TASKS": ("both", '"both" | "cls" | "reg": which DIEM scores make the importance'),
+        "THRESHOLD_MODE": ("assigner", '"assigner" (per-GT ATSS threshold) | "fixed"'),
+        "POS_THRESH": (0.5, 'thr_pos in "fixed" mode'),
+        "MIN_POS_THRESH": (0.5, '"assigner" mode: an assigner\'s thr_pos is raised to at least this (its '
+                           "anchor-IoU thresholds fall to a few percent for small GTs; 0.5 is the "
+                           "loosest IoU a detection metric accepts)"),
+        "NEG_THRESH": (0.4, "thr_neg (both modes; clamped below thr_pos)"),
+        "SCORE_LEVELS": ([2.0, 1.5, 0.4], "DIEM's good / moderate / poor score values"),
+        "CLS_TAU": (0.3, 'tau: confidence of a "confident" class prediction'),
+        "CLS_TAU_BG": (0.05, 'tau_bg: confidence below which background is "clean"'),
+        "KEY_THRESH": (3.0, "tau_K: the key test Score^T >= tau_K (hi x mid)"),
+        "WEAK_THRESH": (0.5, "tau_W: the weak test Score^T - Score^S >= tau_W"),
+        "AREA_PRECEDENCE": ("weak", 'a location passing both tests is "weak" (W = weak test, K = key '
+                            "test minus W: the student lags a good teacher there) or \"key\" (K = key "
+                            "test, W = weak test minus K, the first reading)"),
+        "LDAM": (True, "off: only K and O areas"),
+        "SOFT_WEIGHTS": (False, "weight K by Score^T and W by delta inside the areas"),
+        "ALPHA": (2.0, "weight of L_K"),
+        "BETA": (2.0, "weight of L_W"),
+        "GAMMA": (0.5, "weight of L_O (gamma < alpha, beta)"),
+        "NORMALIZE": ("all", 'SFDM denominator: "all" divides each area\'s summed squared distance by all '
+                      "locations (L_K + L_W + L_O is FitNet's MSE at unit weights); \"area\" by the "
+                      "area's own size (a mean inside each area)"),
+        "LOSS_WEIGHT": (2.0, "lambda: multiplies alpha L_K + beta L_W + gamma L_O"),
+        "VIS_PERIOD": (0, '> 0: the area sheet of a training image goes to TensorBoard ("tid/areas") '
+                       "this often"),
+    }
+    main_weights = ("LOSS_WEIGHT",)
 
     @configurable
     def __init__(
         self,
         *,
-        teacher_channels: int,
-        student_channels: int,
-        adapter: str = "auto",
-        tasks: str = "both",
-        threshold_mode: str = "assigner",
-        pos_thresh: float = 0.5,
-        neg_thresh: float = 0.4,
-        score_levels: Sequence[float] = (2.0, 1.5, 0.4),
-        cls_tau: float = 0.3,
-        cls_tau_bg: float = 0.05,
-        key_thresh: float = 3.0,
-        weak_thresh: float = 0.5,
-        ldam: bool = True,
-        area_precedence: str = "weak",
-        min_pos_thresh: float = 0.5,
-        soft_weights: bool = False,
-        alpha: float = 2.0,
-        beta: float = 2.0,
-        gamma: float = 0.5,
-        loss_weight: float = 2.0,
-        normalize: str = "all",
-        vis_period: int = 0,
-        **base,
+        tasks: str,
+        threshold_mode: str,
+        pos_thresh: float,
+        neg_thresh: float,
+        score_levels: Sequence[float],
+        cls_tau: float,
+        cls_tau_bg: float,
+        key_thresh: float,
+        weak_thresh: float,
+        ldam: bool,
+        area_precedence: str,
+        min_pos_thresh: float,
+        soft_weights: bool,
+        alpha: float,
+        beta: float,
+        gamma: float,
+        loss_weight: float,
+        normalize: str,
+        vis_period: int,
+        **kwargs,
     ):
-        """Arguments are the MODEL.TID keys (see config.py); adapter is MODEL.DISTILL.ADAPTER;
-        vis_period > 0 puts the area sheet of the batch's first image into EventStorage every
-        vis_period iterations (TensorBoard image "tid/areas"); base: the `Distiller` arguments."""
-        super().__init__(**base)
+        """Arguments are the MODEL.DISTILL.TID keys (`config`), validated here once; vis_period > 0
+        keeps the areas of the batch's first image every vis_period iterations for the
+        visualization hook (`record`); kwargs: the `AdaptedDistiller` arguments."""
+        super().__init__(**kwargs)
         tasks, threshold_mode = str(tasks).lower(), str(threshold_mode).lower()
-        area_precedence = str(area_precedence).lower()
-        if area_precedence not in PRECEDENCES:
-            raise ValueError(
-                f"MODEL.TID.AREA_PRECEDENCE must be one of {PRECEDENCES}, got '{area_precedence}'"
-            )
-        if tasks not in TASKS:
-            raise ValueError(f"MODEL.TID.TASKS must be one of {TASKS}, got '{tasks}'")
-        if threshold_mode not in THRESHOLD_MODES:
-            raise ValueError(
-                f"MODEL.TID.THRESHOLD_MODE must be one of {THRESHOLD_MODES}, got '{threshold_mode}'"
-            )
+        area_precedence, normalize = str(area_precedence).lower(), str(normalize).lower()
+        for key, value, choices in (
+            ("TASKS", tasks, TASKS),
+            ("THRESHOLD_MODE", threshold_mode, THRESHOLD_MODES),
+            ("AREA_PRECEDENCE", area_precedence, PRECEDENCES),
+            ("NORMALIZE", normalize, NORMALIZATIONS),
+        ):
+            if value not in choices:
+                raise ValueError(f"MODEL.DISTILL.TID.{key} must be one of {choices}, got '{value}'")
         levels = tuple(float(v) for v in score_levels)
         if len(levels) != 3 or not levels[0] >= levels[1] >= levels[2] >= 0:
             raise ValueError(
-                "MODEL.TID.SCORE_LEVELS must be [hi, mid, lo] with hi >= mid >= lo >= 0, "
+                "MODEL.DISTILL.TID.SCORE_LEVELS must be [hi, mid, lo] with hi >= mid >= lo >= 0, "
                 f"got {score_levels}"
             )
         if not 0 < pos_thresh <= 1 or not 0 <= neg_thresh <= 1 or not 0 <= min_pos_thresh <= 1:
             raise ValueError(
-                f"MODEL.TID.POS_THRESH must be in (0, 1], NEG_THRESH and MIN_POS_THRESH in [0, 1], "
-                f"got {pos_thresh} / {neg_thresh} / {min_pos_thresh}"
+                "MODEL.DISTILL.TID.POS_THRESH must be in (0, 1], NEG_THRESH and MIN_POS_THRESH in "
+                f"[0, 1], got {pos_thresh} / {neg_thresh} / {min_pos_thresh}"
             )
         if not 0 <= cls_tau_bg <= cls_tau <= 1:
             raise ValueError(
-                f"MODEL.TID.CLS_TAU_BG <= CLS_TAU must hold in [0, 1], got {cls_tau_bg} / {cls_tau}"
+                "MODEL.DISTILL.TID.CLS_TAU_BG <= CLS_TAU must hold in [0, 1], got "
+                f"{cls_tau_bg} / {cls_tau}"
             )
-        check_loss_weights("MODEL.TID", ALPHA=alpha, BETA=beta, GAMMA=gamma, LOSS_WEIGHT=loss_weight)
-        self.teacher_channels = teacher_channels
-        self.student_channels = student_channels
-        self.adapter = build_adapter(adapter, student_channels, teacher_channels)
+        check_loss_weights(
+            "MODEL.DISTILL.TID", ALPHA=alpha, BETA=beta, GAMMA=gamma, LOSS_WEIGHT=loss_weight
+        )
         self.tasks = tasks
         self.threshold_mode = threshold_mode
         self.pos_thresh = float(pos_thresh)
@@ -388,41 +394,10 @@ class TID(Distiller):
         self.soft_weights = bool(soft_weights)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.loss_weight = float(loss_weight)
-        if normalize not in NORMALIZATIONS:
-            raise ValueError(
-                f"MODEL.TID.NORMALIZE must be one of {NORMALIZATIONS}, got '{normalize}'"
-            )
         self.normalize = normalize
         self.vis_period = int(vis_period)
-
-    @classmethod
-    def from_config(cls, cfg, teacher_channels: int, student_channels: int):
-        t = cfg.MODEL.TID
-        return {
-            "teacher_channels": teacher_channels,
-            "student_channels": student_channels,
-            "adapter": cfg.MODEL.DISTILL.ADAPTER,
-            "tasks": t.TASKS,
-            "threshold_mode": t.THRESHOLD_MODE,
-            "pos_thresh": t.POS_THRESH,
-            "neg_thresh": t.NEG_THRESH,
-            "score_levels": t.SCORE_LEVELS,
-            "cls_tau": t.CLS_TAU,
-            "cls_tau_bg": t.CLS_TAU_BG,
-            "key_thresh": t.KEY_THRESH,
-            "weak_thresh": t.WEAK_THRESH,
-            "ldam": t.LDAM,
-            "area_precedence": t.AREA_PRECEDENCE,
-            "min_pos_thresh": t.MIN_POS_THRESH,
-            "soft_weights": t.SOFT_WEIGHTS,
-            "alpha": t.ALPHA,
-            "beta": t.BETA,
-            "gamma": t.GAMMA,
-            "loss_weight": t.LOSS_WEIGHT,
-            "normalize": t.NORMALIZE,
-            "vis_period": t.VIS_PERIOD,
-            **distiller_base_config(cfg),
-        }
+        #: what `record` kept for the visualization hook (None until a visualized iteration)
+        self.view: Optional[Dict] = None
 
     def _pos_thresholds(
         self,
@@ -445,8 +420,8 @@ class TID(Distiller):
             if thresholds is None:
                 log_first_n(
                     logging.WARNING,
-                    "MODEL.TID.THRESHOLD_MODE='assigner' but neither teacher nor student gives "
-                    f"DenseOutputs.pos_thresholds; using MODEL.TID.POS_THRESH={self.pos_thresh}",
+                    "MODEL.DISTILL.TID.THRESHOLD_MODE='assigner' but neither teacher nor student gives "
+                    f"DenseOutputs.pos_thresholds; using MODEL.DISTILL.TID.POS_THRESH={self.pos_thresh}",
                     name=__name__,
                 )
         if thresholds is None:
@@ -475,17 +450,7 @@ class TID(Distiller):
         score_t, score_s, delta, score_r_t, score_c_t, score_r_s, score_c_s, iou_t, iou_s
         (float32) and key, weak, other (bool).
         """
-        n = len(targets)
-        check_same_batch_layout(teacher, student, n)
-        for who, out, want in (
-            ("teacher", teacher, self.teacher_channels),
-            ("student", student, self.student_channels),
-        ):
-            got = out.features[0].shape[1]
-            if got != want:
-                raise ValueError(
-                    f"TID was built for {who} features with {want} channels, got {got}"
-                )
+        check_same_batch_layout(teacher, student, len(targets))
         device = teacher.features[0].device
         gt_boxes, gt_classes, gt_valid = pad_targets(targets, device)
         out = {}
@@ -574,20 +539,21 @@ class TID(Distiller):
             for j, (lvl, (h, w)) in enumerate(zip(teacher.level_names, shapes))
         }
 
-    def visualize(self, storage, image, input_format, teacher, student, targets) -> None:
-        """Every `vis_period` iterations: the area sheet of the batch's first image ("tid/areas")."""
-        if self.vis_period <= 0 or storage.iter % self.vis_period:
+    @torch.no_grad()
+    def record(self, image, input_format, teacher, student, targets) -> None:
+        """Every `vis_period` iterations: keep the areas of the batch's first image, with what a
+        picture of them needs, in `self.view` (drawn by `visualization.TIDAreasHook`)."""
+        storage = current_storage()
+        if self.vis_period <= 0 or storage is None or storage.iter % self.vis_period:
             return
         areas = self.areas(teacher, student, targets)
-        sheet = tid_area_sheet_for_tensorboard(
-            image,
-            areas,
-            index=0,
-            input_format=input_format,
-            gt_boxes=targets[0].gt_boxes.tensor,
-            strides=list(student.strides),
-            offset=student.offset,
-            score_max=max(self.score_levels) ** 2,
-            title=f"iter {storage.iter}",
-        )
-        storage.put_image("tid/areas", sheet)
+        self.view = {
+            "iter": storage.iter,
+            "image": image.detach().cpu(),
+            "input_format": input_format,
+            "areas": {lvl: {k: v[:1].cpu() for k, v in maps.items()} for lvl, maps in areas.items()},
+            "gt_boxes": targets[0].gt_boxes.tensor.detach().cpu(),
+            "strides": list(student.strides),
+            "offset": student.offset,
+            "score_max": max(self.score_levels) ** 2,
+        }

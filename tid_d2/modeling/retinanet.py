@@ -7,7 +7,7 @@ one prediction per location. Per location, the anchor whose best class score is 
 inference is most likely to keep) gives the location's class logits and decoded box; its positive
 set is "any of the location's anchors is a foreground anchor"; its square anchor (first size,
 aspect ratio 1) is the location's anchor. Its positive criterion is a fixed IoU threshold
-(MODEL.RETINANET.IOU_THRESHOLDS), so `pos_thresholds` is None and TID uses MODEL.TID.POS_THRESH.
+(MODEL.RETINANET.IOU_THRESHOLDS), so `pos_thresholds` is None and TID uses MODEL.DISTILL.TID.POS_THRESH.
 """
 from typing import List, Optional, Sequence, Tuple
 

@@ -1,4 +1,5 @@
 """`TeacherStudent`: the meta-architecture that distills a frozen teacher into a trainable student."""
+import functools
 import logging
 import os
 from typing import Callable, Dict, List, Union
@@ -11,7 +12,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 
 from ..checkpoint import load_weights
 from ..config import add_tid_config
-from ..distill.base import build_distillers, current_storage
+from ..distill.base import build_distillers, check_applicable, current_storage
+from ..structures import DistillLayout
 
 __all__ = ["TeacherStudent", "load_teacher", "build_teacher_cfg", "check_compatible", "inherit_from_teacher"]
 
@@ -56,9 +58,10 @@ def load_teacher(teacher: nn.Module, weights: str) -> nn.Module:
     return load_weights(teacher, weights, key="MODEL.TEACHER.WEIGHTS", source="MODEL.TEACHER.CONFIG_FILE")
 
 
-def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
+def check_compatible(teacher: nn.Module, student: nn.Module) -> DistillLayout:
     """Teacher and student must be `DistillableDetector`s that agree on classes and FPN strides
-    (features are compared per level)."""
+    (features are compared per level); returns their `DistillLayout`, what distillers are built
+    from."""
     for m, who in ((teacher, "teacher"), (student, "student")):
         if not hasattr(m, "forward_distill"):
             raise TypeError(
@@ -75,6 +78,13 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> None:
             f"teacher FPN strides {list(teacher.strides)} differ from the student's "
             f"{list(student.strides)}: use the same head IN_FEATURES"
         )
+    return DistillLayout(
+        teacher_channels=teacher.feature_channels,
+        student_channels=student.feature_channels,
+        strides=tuple(student.strides),
+        num_classes=student.num_classes,
+        box_distributions=bool(teacher.has_box_distributions and student.has_box_distributions),
+    )
 
 
 def _parts(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
@@ -130,30 +140,25 @@ class TeacherStudent(nn.Module):
         *,
         student: nn.Module,
         teacher: nn.Module,
-        distillers: Union[nn.ModuleDict, Callable[[int, int], nn.ModuleDict]],
+        distillers: Union[nn.ModuleDict, Callable[[DistillLayout], nn.ModuleDict]],
         inherit: str = "none",
     ):
         """
         Args:
-            student, teacher: `DistillableDetector`s (checked here, once).
-            distillers: methods by name (`build_distillers`, `distiller_dict`), or a function of
-                (teacher channels, student channels) that builds them (`distillers_builder`).
+            student, teacher: `DistillableDetector`s (checked here, once: `check_compatible`).
+            distillers: methods by name, or a function of the pair's `DistillLayout` that builds
+                them (`build_distillers` bound to MODEL.DISTILL, `distillers_builder`).
             inherit: MODEL.DISTILL.INHERIT, the teacher's parts copied into the student
                 (`inherit_from_teacher`).
         """
         super().__init__()
-        check_compatible(teacher, student)
+        layout = check_compatible(teacher, student)
         inherit_from_teacher(student, teacher, inherit)
-        if not isinstance(distillers, nn.Module):
-            distillers = distillers(teacher.feature_channels, student.feature_channels)
-        for name, d in distillers.items():
-            if d.needs_box_distributions and not (
-                teacher.has_box_distributions and student.has_box_distributions
-            ):
-                raise ValueError(
-                    f"distillation method '{name}' needs GFL box distributions in teacher and student; "
-                    f"got {type(teacher).__name__} -> {type(student).__name__}"
-                )
+        if isinstance(distillers, nn.Module):
+            for d in distillers.values():
+                check_applicable(d, layout)
+        else:
+            distillers = distillers(layout)
         formats = {teacher.input_format, student.input_format}
         if not formats <= {"BGR", "RGB"}:
             raise ValueError(f"TeacherStudent supports INPUT.FORMAT BGR and RGB, got {sorted(formats)}")
@@ -171,12 +176,11 @@ class TeacherStudent(nn.Module):
         scfg.MODEL.META_ARCHITECTURE = cfg.MODEL.DISTILL.STUDENT_META_ARCHITECTURE
         student = build_model(scfg)
         teacher = load_teacher(build_model(build_teacher_cfg(cfg)), cfg.MODEL.TEACHER.WEIGHTS)
-        check_compatible(teacher, student)
         return {
             "inherit": cfg.MODEL.DISTILL.INHERIT,
             "student": student,
             "teacher": teacher,
-            "distillers": build_distillers(cfg, teacher.feature_channels, student.feature_channels),
+            "distillers": functools.partial(build_distillers, cfg.MODEL.DISTILL),
         }
 
     @property
@@ -226,5 +230,5 @@ class TeacherStudent(nn.Module):
         if storage is not None:
             image, input_format = batched_inputs[0]["image"], self.student.input_format
             for distiller in self.distillers.values():
-                distiller.visualize(storage, image, input_format, teacher_out, student_out, targets)
+                distiller.record(image, input_format, teacher_out, student_out, targets)
         return losses

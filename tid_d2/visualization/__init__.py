@@ -1,6 +1,8 @@
-"""Pictures for researchers: TID's key / weak / other areas and importance maps."""
+"""Pictures for researchers: TID's key / weak / other areas and importance maps, and the hook that
+puts them into TensorBoard. The training core never imports this package (matplotlib)."""
 
-from ..distill.tid_visualization import (  # noqa: F401
+from .hooks import TIDAreasHook, visualization_hooks
+from .tid_areas import (  # noqa: F401
     AREA_ALPHAS,
     AREA_COLORS,
     AREA_NAMES,

@@ -1,0 +1,36 @@
+"""`DistillLayout`: what a distiller may know of the two detectors when it is built."""
+from dataclasses import dataclass
+from typing import Tuple
+
+__all__ = ["DistillLayout"]
+
+
+@dataclass(frozen=True)
+class DistillLayout:
+    """
+    The static layout shared by a teacher and a student, taken once from the two built detectors
+    (`teacher_student.check_compatible`): a method sizes its adapters and per-level modules from it
+    instead of reading detector config keys.
+
+    Attributes:
+        teacher_channels, student_channels: FPN feature channels of the head inputs of each model.
+        strides: the FPN stride of each distilled level (the same in both models).
+        num_classes: classes both models predict.
+        box_distributions: whether both models hand GFL box-side distributions
+            (`DenseOutputs.box_logits`).
+    """
+
+    teacher_channels: int
+    student_channels: int
+    strides: Tuple[int, ...] = (8, 16, 32, 64, 128)
+    num_classes: int = 80
+    box_distributions: bool = False
+
+    def __post_init__(self):
+        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
+        if min(self.teacher_channels, self.student_channels) < 1 or not self.strides:
+            raise ValueError(f"DistillLayout needs channels >= 1 and at least one level, got {self}")
+
+    @property
+    def num_levels(self) -> int:
+        return len(self.strides)

@@ -1,0 +1,44 @@
+"""`TIDAreasHook`: draws the areas TID kept (`TID.record`) into TensorBoard ("tid/areas"); the entry
+points register it through `visualization_hooks` (the training core never imports matplotlib)."""
+from typing import List, Sequence
+
+from detectron2.engine import HookBase
+from torch.nn.parallel import DistributedDataParallel
+
+from .tid_areas import tid_area_sheet_for_tensorboard
+
+__all__ = ["TIDAreasHook", "visualization_hooks"]
+
+
+def visualization_hooks(model) -> List[HookBase]:
+    """The picture hooks a (possibly DDP-wrapped) model's distillers ask for: a `TIDAreasHook` when
+    a TID distiller has MODEL.DISTILL.TID.VIS_PERIOD > 0, else none."""
+    model = model.module if isinstance(model, DistributedDataParallel) else model
+    drawn = [d for d in getattr(model, "distillers", {}).values() if getattr(d, "vis_period", 0) > 0]
+    return [TIDAreasHook(drawn)] if drawn else []
+
+
+class TIDAreasHook(HookBase):
+    """After every step, turns the view each TID distiller kept at that step (its `view`, set every
+    MODEL.DISTILL.TID.VIS_PERIOD iterations) into an area sheet in EventStorage, then drops it."""
+
+    def __init__(self, distillers: Sequence):
+        self._distillers = list(distillers)
+
+    def after_step(self):
+        for distiller in self._distillers:
+            view, distiller.view = distiller.view, None
+            if view is None:
+                continue
+            sheet = tid_area_sheet_for_tensorboard(
+                view["image"],
+                view["areas"],
+                index=0,
+                input_format=view["input_format"],
+                gt_boxes=view["gt_boxes"],
+                strides=view["strides"],
+                offset=view["offset"],
+                score_max=view["score_max"],
+                title=f"iter {view['iter']}",
+            )
+            self.trainer.storage.put_image("tid/areas", sheet)
