@@ -104,7 +104,7 @@ def test_retinanet_dense_outputs_pick_each_locations_most_confident_anchor(tiny_
     assert out.pos_thresholds is None and out.box_logits is None
 
 
-@pytest.mark.parametrize("method", ["TID", "FITNET", "PKD", "CWD"])
+@pytest.mark.parametrize("method", ["TID", "FITNET", "FGD", "PKD", "CWD"])
 def test_retinanet_distills_with_every_feature_method(method, tiny_shapes, tmp_path):
     from test_teacher_student import batch
 
@@ -117,6 +117,8 @@ def test_retinanet_distills_with_every_feature_method(method, tiny_shapes, tmp_p
     )
     model = build_model(cfg).train()
     assert isinstance(model.student, DistillableRetinaNet)
+    if method == "FGD":  # one adapter and two context modules per level of the pair, no config guess
+        assert len(model.distillers["fgd"].adapters) == len(model.student.strides) == 5
     with EventStorage():
         losses = model(batch(cfg, tiny_shapes[0]))
     ours = [k for k in losses if k.startswith(f"loss_{method.lower()}")]

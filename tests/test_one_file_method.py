@@ -71,10 +71,10 @@ def test_a_one_file_method_goes_through_the_tuning_protocol(tmp_path):
     out = str(tmp_path / "bench")
     cmd = [sys.executable, os.path.join(REPO, "tools", "benchmark.py"), "--tune", "--tune-grid", "0.5", "2",
            "--methods", "cosinekd", "--output", out, "--dataset-root", str(tmp_path / "datasets"),
-           "--num-images", "8", "--num-val-images", "4", "--image-sides", "128", "160", "--iters", "2",
+           "--num-images", "16", "--num-val-images", "8", "--image-sides", "128", "192", "--iters", "2",
            "--teacher-iters", "2", "--seeds", "0", "--accuracy-only",
-           "--opts", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "160",
-           "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "160", "DATALOADER.NUM_WORKERS", "0"]
+           "--opts", "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "192",
+           "INPUT.MIN_SIZE_TEST", "128", "INPUT.MAX_SIZE_TEST", "192", "DATALOADER.NUM_WORKERS", "0"]
     _run(cmd, _env(tmp_path))
     with open(os.path.join(out, "results.json")) as f:
         results = json.load(f)

@@ -29,7 +29,7 @@ __all__ = [
     "check_loss_weights",
     "current_storage",
     "distillers_builder",
-    "method_node",
+    "distill_node",
     "registered_methods",
     "warmup_factor",
 ]
@@ -46,6 +46,8 @@ SHARED_KEYS = ("STUDENT_META_ARCHITECTURE", "METHODS", "WARMUP_ITERS", "LOG_PERI
                "FEATURE_NORM", "MAX_GRAD_NORM", "INHERIT")  # fmt: skip
 #: the shared keys a method receives as `Distiller` arguments (LazyConfig: lower-case overrides)
 _BASE_ARGS = ("WARMUP_ITERS", "LOG_PERIOD", "FEATURE_NORM")
+#: the shared keys LazyConfig (and `from_defaults`) take as lower-case overrides
+_SHARED_OVERRIDES = tuple(k.lower() for k in _BASE_ARGS + ("ADAPTER",))
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
 
@@ -149,7 +151,8 @@ class Distiller(nn.Module):
     @classmethod
     def from_defaults(cls, layout: DistillLayout, **overrides) -> "Distiller":
         """The method at its config defaults, `overrides` by lower-case key (own or shared)."""
-        return build_distillers(method_node([cls.__name__], {cls.name: overrides}), layout)[cls.name]
+        shared = {k: overrides.pop(k) for k in list(overrides) if k in _SHARED_OVERRIDES}
+        return build_distillers(distill_node([cls.__name__], {**shared, cls.name: overrides}), layout)[cls.name]
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
@@ -244,7 +247,7 @@ def build_distillers(distill: CfgNode, layout: DistillLayout) -> nn.ModuleDict:
     return out
 
 
-def method_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode:
+def distill_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode:
     """
     MODEL.DISTILL at its defaults with METHODS = `methods` and lower-case `overrides`: the shared
     `warmup_iters`, `log_period`, `feature_norm`, `adapter`, and per method by lower-case name a
@@ -258,10 +261,9 @@ def method_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode
     classes = _lookup(methods, "distillers_builder(methods=...)")
     distill.METHODS = [cls.__name__ for cls in classes]
     per_method = {cls.name: cls for cls in classes}
-    shared = {k.lower(): k for k in _BASE_ARGS + ("ADAPTER",)}
     for key, value in overrides.items():
-        if key in shared:
-            distill[shared[key]] = value
+        if key in _SHARED_OVERRIDES:
+            distill[key.upper()] = value
         elif key in per_method:
             node, own = distill[key.upper()], per_method[key].config
             for k, v in dict(value).items():
@@ -274,7 +276,8 @@ def method_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode
                 node[upper] = v
         else:
             raise KeyError(
-                f"override '{key}' is neither a shared key {sorted(shared)} nor a method in {methods}"
+                f"override '{key}' is neither a shared key {sorted(_SHARED_OVERRIDES)} nor a method in "
+                f"{methods}"
             )
     return distill
 
@@ -283,6 +286,6 @@ def distillers_builder(methods: Sequence[str] = ("TID",), **overrides):
     """
     The LazyConfig builder: a function of the `DistillLayout` that `TeacherStudent` calls once it
     has both detectors. Methods start from their MODEL.DISTILL.* defaults; `overrides` as in
-    `method_node` (e.g. `warmup_iters=100, tid=dict(alpha=1.0)`).
+    `distill_node` (e.g. `warmup_iters=100, tid=dict(alpha=1.0)`).
     """
-    return functools.partial(build_distillers, method_node(list(methods), overrides))
+    return functools.partial(build_distillers, distill_node(list(methods), overrides))
