@@ -195,6 +195,10 @@ def test_run_cfg_and_hash():
     e.defrost()
     e.MODEL.DISTILL.TID.LOSS_WEIGHT = 5.0
     assert config_hash(d) != config_hash(e)
+    f = d.clone()
+    f.defrost()
+    f.MODEL.DISTILL.FITNET.LOSS_WEIGHT = 5.0  # a method the run does not use: its cache stays valid
+    assert config_hash(d) == config_hash(f)
     with pytest.raises(ValueError, match="--opts"):
         build_run_cfg("GFL", "student", seed=0, output_dir="/a", datasets=ds, opts=["SOLVER.NOPE", "1"])
 

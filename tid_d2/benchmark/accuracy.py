@@ -277,14 +277,21 @@ def _merge(cfg: CfgNode, opts: Sequence[str], what: str) -> None:
 def config_hash(cfg: CfgNode, extra: str = "") -> str:
     """A digest of everything a run's result depends on (OUTPUT_DIR and the teacher's path left out:
     pass the teacher's own hash in `extra`). A plain detector's digest leaves the distillation keys
-    out, so that changing a distillation default keeps the cached teacher and baselines."""
+    out, so that changing a distillation default keeps the cached teacher and baselines; a distilled
+    run's leaves out the nodes of the methods it does not use, so that a change to one method keeps
+    the others' cached runs."""
     c = cfg.clone()
     c.defrost()
     c.OUTPUT_DIR = ""
     c.MODEL.TEACHER.WEIGHTS = ""
     if c.MODEL.META_ARCHITECTURE != "TeacherStudent":
-        for key in ("TEACHER", "DISTILL", "TID"):
+        for key in ("TEACHER", "DISTILL"):
             c.MODEL.pop(key, None)
+    else:
+        used = {str(m).upper() for m in c.MODEL.DISTILL.METHODS}
+        for name in registered_methods():
+            if name.upper() not in used:
+                c.MODEL.DISTILL.pop(name.upper(), None)
     return hashlib.sha1((c.dump() + extra).encode()).hexdigest()[:16]
 
 
