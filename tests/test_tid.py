@@ -112,7 +112,10 @@ def test_diem_tasks_scaling_and_no_gt_batch():
     cls_only = diem_scores(*args, tasks="cls")[0]
     reg_only = diem_scores(*args, tasks="reg")[0]
     assert torch.allclose(both, r * c)
-    assert torch.allclose(cls_only, HI * c)
+    # the dropped regression grading keeps the object / background split: background is lo x Score_c
+    assert torch.allclose(cls_only, torch.where(r > LO, HI, LO) * c)
+    clean_background = (r == LO) & (c == HI)
+    assert clean_background.any() and (cls_only[clean_background] < 3.0).all()  # never key (tau_K 3)
     assert torch.allclose(reg_only, HI * r)
     with pytest.raises(ValueError, match="tasks must be one of"):
         diem_scores(*args, tasks="box")
@@ -384,7 +387,7 @@ def test_scene_areas_and_diagnostics():
         for p in ("p3", "p4")
         for s in ("frac_key", "frac_weak", "frac_other", "imp_teacher", "imp_student")
     }
-    assert set(d) == names
+    assert set(d) == names | {"tid/mean_key", "tid/mean_weak", "tid/mean_other"}
     assert d["tid/p3/frac_key"].item() == pytest.approx(4 / 32)
     assert d["tid/p4/frac_weak"].item() == pytest.approx(1 / 8)
     for p in ("p3", "p4"):
@@ -437,6 +440,14 @@ def test_normalize_all_sums_to_fitnet_mse_and_keeps_area_ratios():
         count = sum(a[name].sum().item() for a in areas.values())
         expected = per_area[f"loss_tid_{name}"].item() * count / total
         assert per_all[f"loss_tid_{name}"].item() == pytest.approx(expected, rel=1e-5)
+    for soft in (False, True):  # both readings log the "area" reading's per-area means, exactly
+        logged = []
+        for normalize in ("area", "all"):
+            tid = build(normalize=normalize, soft_weights=soft)
+            tid(teacher, student, targets)
+            logged.append([tid.diagnostics[f"tid/mean_{a}"].item() for a in ("key", "weak", "other")])
+        assert logged[0] == pytest.approx(logged[1], rel=1e-5)
+        assert logged[0][0] == pytest.approx(per_area["loss_tid_key"].item(), rel=1e-5) or soft
     with pytest.raises(ValueError, match="NORMALIZE"):
         build(normalize="mean")
 
@@ -466,9 +477,9 @@ def test_ablation_switches_change_areas():
     assert keys(threshold_mode="fixed") == ([0, 5, 19], [3, 16])
     # reg-only: teacher's wrong-class box at 16 counts as well done (hi * hi)
     assert keys(tasks="reg")[0] == [0, 5, 10, 16, 19]
-    # cls-only: clean-background teacher locations are key too (hi * hi); only the wrong class
-    # at 16 is not
-    assert keys(tasks="cls")[0] == [i for i in range(A) if i != 16]
+    # cls-only: clean background stays out of K (lo * hi); the object locations with the right class
+    # are key, as in "both" here (this scene grades each object location's box hi or lo, never mid)
+    assert keys(tasks="cls")[0] == [0, 5, 10, 19]
     # LDAM off: no weak area
     assert keys(ldam=False) == ([0, 5, 10, 19], [])
 
@@ -497,9 +508,8 @@ def test_ablation_switches_change_losses():
         warm = tid(teacher, student, targets)
     for name in base:
         assert warm[name].item() == pytest.approx(0.25 * base[name].item(), rel=1e-5)
-    for tasks in ("cls", "reg"):
-        other = build(tasks=tasks, **w)(teacher, student, targets)
-        assert other["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
+    reg_only = build(tasks="reg", **w)(teacher, student, targets)
+    assert reg_only["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
     fixed = build(threshold_mode="fixed", **w)(teacher, student, targets)
     assert fixed["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
 

@@ -64,10 +64,13 @@ def diem_scores(
         levels: (hi, mid, lo) score values (MODEL.DISTILL.TID.SCORE_LEVELS, 2 / 1.5 / 0.4).
         tau: confidence of a "confident" class prediction; tau_bg: confidence below which a
             background location is "clean" (tau_bg <= tau).
-        tasks: "both": Score = Score_r * Score_c. Single-task modes score the dropped task as
-            if it were done well: "cls": Score = hi * Score_c, "reg": Score = hi * Score_r, so
-            Score keeps the range of "both" and tau_K / tau_W keep their meaning (with the
-            defaults, key = the kept task scores at least mid, as in "both" for each task).
+        tasks: "both": Score = Score_r * Score_c. Single-task modes drop the grading of one task
+            but keep the object/background split both tasks share: "cls": Score = S_obj * Score_c
+            with S_obj = hi where the location sees an object and lo on background (the Score_r a
+            well-localized object location or a background location gets); "reg": Score = hi *
+            Score_r (Score_r is already lo on background). Score keeps the range of "both", tau_K /
+            tau_W keep their meaning, and background never becomes key (with the defaults, key =
+            an object location whose kept task scores at least mid).
 
     Returns:
         score, score_r, score_c: [N, A] float32 (score_r and score_c are always computed);
@@ -113,7 +116,7 @@ def diem_scores(
     if tasks == "both":
         score = score_r * score_c
     elif tasks == "cls":
-        score = hi * score_c
+        score = torch.where(sees_object, hi, lo) * score_c
     elif tasks == "reg":
         score = hi * score_r
     else:
@@ -506,7 +509,23 @@ class TID(AdaptedDistiller):
             "weak": l_weak * (w * self.beta),
             "other": l_other * (w * self.gamma),
         }
-        return losses, self._diagnostics(s, teacher)
+        diagnostics = self._diagnostics(s, teacher)
+        diagnostics.update(self._area_means(s, (l_key, l_weak, l_other)))
+        return losses, diagnostics
+
+    @torch.no_grad()
+    def _area_means(self, s: Dict[str, Tensor], area_losses: Sequence[Tensor]) -> Dict[str, Tensor]:
+        """tid/mean_<area>: the mean squared distance per location and channel inside each area (the
+        "area" reading's L_A, whatever NORMALIZE is: L_A(area) = L_A(all) * N*A / |A|, exactly, soft
+        weights included), so that both readings' loss scales are seen in one run."""
+        out = {}
+        for name, loss in zip(("key", "weak", "other"), area_losses):
+            if self.normalize == "area":
+                out[f"tid/mean_{name}"] = loss.detach()
+            else:
+                size = s[name].sum().clamp(min=1)
+                out[f"tid/mean_{name}"] = loss.detach() * s[name].numel() / size
+        return out
 
     @torch.no_grad()
     def _diagnostics(self, s: Dict[str, Tensor], outputs: DenseOutputs) -> Dict[str, Tensor]:
