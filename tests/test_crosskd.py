@@ -5,7 +5,7 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
 from test_teacher_student import ATSS_TEACHER_CFG, FCOS_STUDENT, batch, teacher_snapshot, tid_cfg
-from tid_d2.structures import DistillLayout
+from tid_d2.modeling.teacher_student import check_compatible
 from tid_d2.distill.crosskd import CROSSKD, align_to_teacher, kd_quality_focal_loss
 
 PAIRS = {
@@ -53,14 +53,22 @@ def test_named_losses_and_gradients_only_into_the_student(pair, teachers, tiny_s
     want = {"loss_crosskd_cls", "loss_crosskd_box"}
     if pair == "GFL->GFL":
         want.add("loss_crosskd_dist")  # box distributions: GFL teacher and student only
+    else:
+        want.add("loss_crosskd_ctr")  # the cross head is the ATSS teacher's: it predicts centerness
     assert set(kd) == want
     assert all(torch.isfinite(v) and v > 0 for v in kd.values())
     sum(kd.values()).backward()
     assert all(p.grad is None for p in model.teacher.parameters())
     backbone = [p.grad for p in model.student.backbone.parameters()]
     assert all(g is not None for g in backbone) and sum(float(g.abs().sum()) for g in backbone) > 0
-    # the student's own head takes no part in CrossKD's loss
-    assert all(p.grad is None for p in model.student.head.parameters())
+    # the student's towers up to the reuse point (the teacher's last block: block 1 of 2 here) feed the
+    # cross head; its later blocks and predictors take no part in CrossKD's loss
+    cls_tower, reg_tower = model.student.head_tower_blocks()
+    assert model.distillers["crosskd"].reuse_block == len(cls_tower) - 1 == 1
+    for tower in (cls_tower, reg_tower):
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in tower[0].parameters())
+        assert all(p.grad is None for p in tower[1].parameters())
+    assert all(p.grad is None for p in model.student.head.cls_score.parameters())
     after = teacher_snapshot(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
 
@@ -76,13 +84,15 @@ def test_zero_when_the_student_is_the_teacher(teacher_name, teachers, tiny_shape
     targets = teacher.gt_instances(data)
     with torch.no_grad():
         t_out = teacher.dense_outputs(data, targets)
-    c = t_out.features[0].shape[1]
-    kd = CROSSKD.from_defaults(DistillLayout(c, c))
-    kd.attach_teacher(teacher)
-    losses = kd(t_out, t_out, targets)
-    assert set(losses) >= {"loss_crosskd_cls", "loss_crosskd_box"}
-    for k, v in losses.items():
-        assert abs(float(v)) < 1e-5, (k, float(v))  # a 0.3-std feature noise gives > 1e-3
+    for reuse in (-1, 0):  # from inside the towers (published) and from the FPN features
+        kd = CROSSKD.from_defaults(check_compatible(teacher, teacher), reuse_block=reuse)
+        kd.attach(teacher, teacher)
+        losses = kd(t_out, t_out, targets)
+        assert set(losses) >= {"loss_crosskd_cls", "loss_crosskd_box"}
+        for k, v in losses.items():
+            # the only non-zero part left: the BCE of a soft target against itself (its entropy)
+            if k != "loss_crosskd_ctr":
+                assert abs(float(v)) < 1e-5, (k, float(v))  # a 0.3-std feature noise gives > 1e-3
 
 
 def test_combinations_train(teachers, tiny_shapes):
@@ -108,9 +118,10 @@ def test_without_a_teacher_head_is_a_clear_error(teachers, tiny_shapes):
     targets = model.teacher.gt_instances(data)
     with torch.no_grad():
         out = model.teacher.dense_outputs(data, targets)
-    c = out.features[0].shape[1]
     with pytest.raises(RuntimeError, match="TeacherStudent"):
-        CROSSKD.from_defaults(DistillLayout(c, c))(out, out, targets)
+        CROSSKD.from_defaults(check_compatible(model.teacher, model.teacher))(out, out, targets)
+    with pytest.raises(ValueError, match="REUSE_BLOCK 5 is outside the head towers"):
+        CROSSKD.from_defaults(check_compatible(model.teacher, model.teacher), reuse_block=5)
 
 
 @pytest.mark.parametrize("key", ["CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT"])

@@ -52,6 +52,8 @@ def test_a_wrong_declaration_fails_when_the_config_is_made():
     with pytest.raises(TypeError, match="WORSEKD.*ALPHA"):
         WORSEKD.default_node()
     assert "BADKD" not in dict(DISTILLER_REGISTRY)
+    with pytest.raises(TypeError, match="name is its class name"):
+        type("RENAMEDKD", (Distiller,), {"name": "other"})
 
 
 def test_an_old_model_tid_key_names_the_new_one(tmp_path):
@@ -62,6 +64,11 @@ def test_an_old_model_tid_key_names_the_new_one(tmp_path):
     path.write_text("MODEL:\n  TID:\n    ALPHA: 1.0\n")
     with pytest.raises(KeyError, match=r"MODEL.TID was renamed to MODEL.DISTILL.TID"):
         cfg.merge_from_file(str(path))
+    old_fgd = tmp_path / "fgd.yaml"  # a config.yaml written before FGD's level count left the config
+    old_fgd.write_text("MODEL:\n  DISTILL:\n    FGD:\n      NUM_LEVELS: 5\n")
+    cfg.merge_from_file(str(old_fgd))
+    assert "NUM_LEVELS" not in cfg.MODEL.DISTILL.FGD
+    assert add_tid_config(cfg) is cfg  # adding the keys again is harmless
 
 
 def test_the_training_core_imports_no_matplotlib():

@@ -31,6 +31,7 @@ METHODS = ["FITNET", "FGD", "PKD", "CWD", "LD", "PGD"]
 
 def make_cfg(**overrides):
     cfg = add_tid_config(get_cfg())
+    cfg.MODEL.DISTILL.PGD.FEATURES = "fpn"  # hand-made outputs: no detector head towers to read
     for key, value in overrides.items():  # keys relative to MODEL.DISTILL, e.g. "LD.TAU"
         *path, last = key.split(".")
         node = cfg.MODEL.DISTILL

@@ -207,7 +207,7 @@ def test_unknown_distill_method_lists_the_known_ones(teachers):
 
 
 def test_ld_with_an_atss_student_is_a_clear_error(teachers):
-    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give them"):
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give"):
         build(tid_cfg(teachers, "TID-ATSS", "ATSS-teacher", "MODEL.DISTILL.METHODS", "['LD']"))
 
 
@@ -320,7 +320,7 @@ def test_vis_period_puts_area_sheets_into_event_storage(teachers, tiny_shapes):
     model = build(cfg)
     model.train()
     inputs = batch(cfg, tiny_shapes[0])
-    (hook,) = visualization_hooks(model)  # the one the trainers register
+    (hook,) = visualization_hooks(model)  # the one train_net.py and lazy_train_net.py register
     assert visualization_hooks(build(tid_cfg(teachers))) == []  # VIS_PERIOD 0: no hook
     with EventStorage(0) as storage:
         hook.trainer = SimpleNamespace(storage=storage)
@@ -369,7 +369,7 @@ def test_direct_construction_also_checks_box_distributions(teachers):
     cfg = tid_cfg(teachers, "TID-ATSS", "ATSS-teacher", "MODEL.DISTILL.METHODS", "['LD']")
     atss = lambda: build_model(quickstart_cfg("ATSS-student"))  # noqa: E731
     distillers = build_distillers(cfg.MODEL.DISTILL, DistillLayout(32, 32, box_distributions=True))
-    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give them"):
+    with pytest.raises(ValueError, match="'ld' needs GFL box distributions.*does not give"):
         TeacherStudent(student=atss(), teacher=atss(), distillers=distillers)
     with pytest.raises(ValueError, match="'ld' needs GFL box distributions"):
         build_distillers(cfg.MODEL.DISTILL, DistillLayout(32, 32))

@@ -104,9 +104,16 @@ def add_tid_config(cfg: CN) -> CN:
 
     # One node per registered method, MODEL.DISTILL.<NAME>, from the method's own declaration
     # (`Distiller.config` in tid_d2/distill/<name>.py: each key's default and meaning).
+    shared = set(_C.MODEL.DISTILL)
     for name, method in DISTILLER_REGISTRY:
+        if name.upper() in shared:
+            raise TypeError(f"distiller {name}: its name is a shared MODEL.DISTILL key {sorted(shared)}")
         _C.MODEL.DISTILL[name.upper()] = method.default_node()
     # MODEL.TID moved under MODEL.DISTILL with every other method: an old key names its new place.
     for key in ("MODEL.TID",) + tuple(f"MODEL.TID.{k}" for k in _C.MODEL.DISTILL.TID):
-        _C.register_renamed_key(key, key.replace("MODEL.TID", "MODEL.DISTILL.TID"))
+        if not _C.key_is_renamed(key):
+            _C.register_renamed_key(key, key.replace("MODEL.TID", "MODEL.DISTILL.TID"))
+    # FGD's level count comes from the built detectors now (DistillLayout): an old key is ignored.
+    if not _C.key_is_deprecated("MODEL.DISTILL.FGD.NUM_LEVELS"):
+        _C.register_deprecated_key("MODEL.DISTILL.FGD.NUM_LEVELS")
     return cfg

@@ -43,10 +43,15 @@ PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(_
 ARCHS = ("GFL", "ATSS", "FCOS")
 
 
+#: the order of the built-in methods in the benchmark's runs and tables (TID, then the peers)
+_TABLE_ORDER = ("tid", "fitnet", "fgd", "pkd", "cwd", "ld", "pgd", "crosskd")
+
+
 def default_methods() -> Tuple[str, ...]:
-    """Every registered method, TID first, then in registration order (plugins included)."""
+    """Every registered method: the built-in ones in table order, then any other (a plugin) in
+    registration order."""
     names = tuple(registered_methods())
-    return tuple(sorted(names, key=lambda n: n != "tid"))
+    return tuple(sorted(names, key=lambda n: _TABLE_ORDER.index(n) if n in _TABLE_ORDER else len(_TABLE_ORDER)))
 
 
 #: `--ablations standard`: one TID switch at a time (docs/method.md, "Ablation switches").
@@ -113,7 +118,7 @@ def parse_method(text: str) -> MethodSpec:
                 raise ValueError(f"--methods: cannot read {item!r} in {text!r}; use "
                                  "KEY=VALUE with KEY under MODEL.DISTILL")
             opts += [key.upper(), value]
-    known = {k.lower(): k for k, _ in DISTILLER_REGISTRY}
+    known = {name: cls.__name__ for name, cls in registered_methods().items()}
     parts = [p.strip().lower() for p in head.split("+")]
     bad = [p for p in parts if p not in known]
     if bad or not parts:

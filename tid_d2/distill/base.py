@@ -22,7 +22,6 @@ from .helpers import check_feature_norm
 
 __all__ = [
     "DISTILLER_REGISTRY",
-    "SHARED_KEYS",
     "Distiller",
     "build_distillers",
     "check_applicable",
@@ -41,12 +40,9 @@ built as `cls(cfg.MODEL.DISTILL, layout)` and is an `nn.Module` (it may own trai
 which train with the student).
 """
 
-#: MODEL.DISTILL keys every method shares (config.py); a method's node name must not be one of them
-SHARED_KEYS = ("STUDENT_META_ARCHITECTURE", "METHODS", "WARMUP_ITERS", "LOG_PERIOD", "ADAPTER",
-               "FEATURE_NORM", "MAX_GRAD_NORM", "INHERIT")  # fmt: skip
-#: the shared keys a method receives as `Distiller` arguments (LazyConfig: lower-case overrides)
+#: the shared MODEL.DISTILL keys every method receives as `Distiller` arguments
 _BASE_ARGS = ("WARMUP_ITERS", "LOG_PERIOD", "FEATURE_NORM")
-#: the shared keys LazyConfig (and `from_defaults`) take as lower-case overrides
+#: the shared keys LazyConfig (and `from_defaults`) take as lower-case overrides, for all methods
 _SHARED_OVERRIDES = tuple(k.lower() for k in _BASE_ARGS + ("ADAPTER",))
 _KEY = re.compile(r"^[A-Z][A-Z0-9_]*$")
 
@@ -104,6 +100,8 @@ class Distiller(nn.Module):
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
+        if "name" in vars(cls) and vars(cls)["name"] != cls.__name__.lower():
+            raise TypeError(f"{cls.__name__}: a distiller's name is its class name in lower case; drop `name`")
         cls.name = cls.__name__.lower()
 
     def __init__(self, *, warmup_iters: int, log_period: int, feature_norm: str):
@@ -140,11 +138,10 @@ class Distiller(nn.Module):
         method, so a wrong declaration fails when the first config is made)."""
         bad = [k for k in cls.config if not _KEY.match(k)]
         bad += [k for k in cls.main_weights if k not in cls.config]
-        if bad or cls.__name__.upper() in SHARED_KEYS:
+        if bad:
             raise TypeError(
-                f"distiller {cls.__name__}: config keys must be upper-case names, main_weights keys "
-                f"of config, and the class name none of MODEL.DISTILL's shared keys {SHARED_KEYS}; "
-                f"wrong: {bad or cls.__name__}"
+                f"distiller {cls.__name__}: config keys must be upper-case names and main_weights keys "
+                f"of config; wrong: {bad}"
             )
         return CfgNode({k: v for k, (v, _) in cls.config.items()})
 
@@ -152,7 +149,8 @@ class Distiller(nn.Module):
     def from_defaults(cls, layout: DistillLayout, **overrides) -> "Distiller":
         """The method at its config defaults, `overrides` by lower-case key (own or shared)."""
         shared = {k: overrides.pop(k) for k in list(overrides) if k in _SHARED_OVERRIDES}
-        return build_distillers(distill_node([cls.__name__], {**shared, cls.name: overrides}), layout)[cls.name]
+        node = distill_node([cls.__name__], {**shared, cls.name: overrides}, f"{cls.__name__}.from_defaults")
+        return build_distillers(node, layout)[cls.name]
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
@@ -180,10 +178,26 @@ class Distiller(nn.Module):
         prefix = f"loss_{self.name}"
         return {(f"{prefix}_{t}" if t else prefix): v * scale for t, v in terms.items()}
 
-    def attach_teacher(self, teacher: nn.Module) -> None:
-        """Called once by `TeacherStudent` with its frozen teacher (a `DistillableDetector`). Default:
-        nothing; a method that runs the teacher's head on student features (CrossKD) keeps it,
-        without registering it as a submodule."""
+    def attach(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Called once by `TeacherStudent` with its frozen teacher and its student (both
+        `DistillableDetector`s). Default: nothing; a method that runs parts of their heads (CrossKD,
+        PGD on head towers) keeps them, without registering them as submodules (`keep_models`)."""
+
+    def keep_models(self, teacher: nn.Module, student: nn.Module) -> None:
+        """Keep both detectors as plain attributes `_teacher`, `_student`: never trained, saved or
+        moved by this module (the student is the TeacherStudent's, the teacher frozen)."""
+        object.__setattr__(self, "_teacher", teacher)
+        object.__setattr__(self, "_student", student)
+
+    def models(self) -> Tuple[nn.Module, nn.Module]:
+        """(teacher, student) given to `attach`; a RuntimeError outside a TeacherStudent."""
+        teacher, student = getattr(self, "_teacher", None), getattr(self, "_student", None)
+        if teacher is None or student is None:
+            raise RuntimeError(
+                f"{type(self).__name__} runs parts of the detectors' heads: build it inside "
+                "TeacherStudent (MODEL.DISTILL.METHODS), which attaches both models"
+            )
+        return teacher, student
 
     def record(
         self,
@@ -227,8 +241,7 @@ def check_applicable(method, layout: DistillLayout) -> None:
     if method.needs_box_distributions and not layout.box_distributions:
         raise ValueError(
             f"distillation method '{method.name}' needs GFL box distributions in teacher and student "
-            "(DenseOutputs.box_logits); this teacher/student pair does not give them (LD applies to "
-            "GFL -> GFL)"
+            "(DenseOutputs.box_logits), which this teacher/student pair does not give"
         )
 
 
@@ -247,7 +260,9 @@ def build_distillers(distill: CfgNode, layout: DistillLayout) -> nn.ModuleDict:
     return out
 
 
-def distill_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNode:
+def distill_node(
+    methods: Sequence[str], overrides: Mapping[str, Any], caller: str = "distillers_builder"
+) -> CfgNode:
     """
     MODEL.DISTILL at its defaults with METHODS = `methods` and lower-case `overrides`: the shared
     `warmup_iters`, `log_period`, `feature_norm`, `adapter`, and per method by lower-case name a
@@ -258,7 +273,7 @@ def distill_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNod
     from detectron2.config import get_cfg
 
     distill = add_tid_config(get_cfg()).MODEL.DISTILL
-    classes = _lookup(methods, "distillers_builder(methods=...)")
+    classes = _lookup(methods, f"{caller}(methods=...)")
     distill.METHODS = [cls.__name__ for cls in classes]
     per_method = {cls.name: cls for cls in classes}
     for key, value in overrides.items():
@@ -268,6 +283,11 @@ def distill_node(methods: Sequence[str], overrides: Mapping[str, Any]) -> CfgNod
             node, own = distill[key.upper()], per_method[key].config
             for k, v in dict(value).items():
                 upper = k.rstrip("_").upper()
+                if k in _SHARED_OVERRIDES:
+                    raise KeyError(
+                        f"'{k}' is a MODEL.DISTILL key all methods share: pass it as {k}=... next to the "
+                        f"methods, not inside {key}=dict(...)"
+                    )
                 if upper not in own:
                     raise KeyError(
                         f"'{k}' is not a key of MODEL.DISTILL.{key.upper()}; known (lower-case): "

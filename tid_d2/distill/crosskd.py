@@ -1,9 +1,10 @@
 """
 CrossKD (Wang et al., "CrossKD: Cross-Head Knowledge Distillation for Object Detection", CVPR 2024):
-the student's FPN features, aligned to the teacher's per-channel statistics, go through the teacher's
-frozen head; the predictions of that cross head imitate the teacher's own predictions. The gradient
-reaches the student through the teacher's head, so the student learns what moves the teacher's
-outputs, without the conflict of imitating with its own head.
+the student's head towers run up to a block (published: 3 of 4), their output, aligned to the
+teacher's per-channel statistics there, goes through the rest of the teacher's frozen head; the
+predictions of that cross head imitate the teacher's own predictions. The gradient reaches the student
+through the teacher's head, so the student learns what moves the teacher's outputs, without the
+conflict of imitating with its own head.
 """
 from typing import Dict, List, Tuple
 
@@ -14,8 +15,8 @@ from detectron2.structures import Instances
 from torch import Tensor
 from torchvision.ops import generalized_box_iou_loss
 
-from ..structures import DenseOutputs
-from .adapters import AdaptedDistiller
+from ..structures import DenseOutputs, DistillLayout
+from .adapters import AdaptedDistiller, build_adapter
 from .base import DISTILLER_REGISTRY, check_loss_weights
 from .helpers import feature_pairs
 from .ld import side_kl
@@ -51,8 +52,11 @@ class CROSSKD(AdaptedDistiller):
     - loss_crosskd_box: BOX_WEIGHT * GIoU loss of cross vs teacher boxes, weighted per location by
       the teacher's max class score (normalized by the weights' sum);
     - loss_crosskd_dist (detectors with GFL box distributions): DIST_WEIGHT * KL of the box-side
-      distributions at temperature DIST_TAU, summed over bins, averaged over sides, same weights.
-    The teacher's head is the contract's `head_outputs`, attached by `TeacherStudent`.
+      distributions at temperature DIST_TAU, summed over bins, averaged over sides, same weights;
+    - loss_crosskd_ctr (heads with centerness, ATSS): CTR_WEIGHT * BCE of the cross centerness against
+      the teacher's (sigmoid) at the student's positives, divided by their number.
+    The heads are run through the contract's `head_towers` / `head_outputs_from_towers` on the two
+    detectors `TeacherStudent` attaches.
     """
 
     config = {
@@ -61,6 +65,13 @@ class CROSSKD(AdaptedDistiller):
         "BOX_WEIGHT": (2.0, "GIoU of cross vs teacher boxes (the ATSS config uses 1.0)"),
         "DIST_WEIGHT": (3.0, "KL of GFL box distributions (GFL only)"),
         "DIST_TAU": (1.0, "its temperature"),
+        "CTR_WEIGHT": (1.0, "BCE of the cross head's centerness against the teacher's at the student's "
+                       "positives, / their number (heads with centerness: ATSS, as CrossKD's ATSS config)"),
+        "REUSE_BLOCK": (-1, "the teacher's head is reused from this tower block k: the student's towers run "
+                        "blocks 0..k-1 (the last one stopped before its activation), are aligned to the "
+                        "teacher's there, activated, then run the teacher's blocks k.. and predictors "
+                        "(reused_teacher_head_idx); negative counts from the end: -1 = the last block, "
+                        "3 of the published 4; 0: the aligned FPN features enter the teacher's whole head"),
     }
     main_weights = ("CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT")
 
@@ -73,6 +84,8 @@ class CROSSKD(AdaptedDistiller):
         box_weight: float,
         dist_weight: float,
         dist_tau: float,
+        ctr_weight: float,
+        reuse_block: int,
         **kwargs,
     ):
         """Arguments are the MODEL.DISTILL.CROSSKD keys (defaults: CrossKD's GFL R-101 -> R-50
@@ -80,8 +93,10 @@ class CROSSKD(AdaptedDistiller):
         alignment when channels differ)."""
         super().__init__(**kwargs)
         check_loss_weights(
-            "MODEL.DISTILL.CROSSKD", CLS_WEIGHT=cls_weight, BOX_WEIGHT=box_weight, DIST_WEIGHT=dist_weight
-        )
+            "MODEL.DISTILL.CROSSKD", CLS_WEIGHT=cls_weight, BOX_WEIGHT=box_weight, DIST_WEIGHT=dist_weight,
+            CTR_WEIGHT=ctr_weight,
+        )  # fmt: skip
+
         if not cls_beta > 0 or not dist_tau > 0:
             raise ValueError(
                 f"MODEL.DISTILL.CROSSKD.CLS_BETA and DIST_TAU must be > 0, got {cls_beta} / {dist_tau}"
@@ -89,22 +104,52 @@ class CROSSKD(AdaptedDistiller):
         self.cls_weight, self.cls_beta = float(cls_weight), float(cls_beta)
         self.box_weight = float(box_weight)
         self.dist_weight, self.dist_tau = float(dist_weight), float(dist_tau)
-        object.__setattr__(self, "_teacher", None)  # not a submodule: never trained or saved
+        self.ctr_weight = float(ctr_weight)
+        if int(reuse_block) < 0:
+            raise ValueError(f"CROSSKD: reuse_block must be a block index >= 0 (from_config resolves -1), got {reuse_block}")
+        self.reuse_block = int(reuse_block)
 
-    def attach_teacher(self, teacher) -> None:
-        object.__setattr__(self, "_teacher", teacher)
+    @classmethod
+    def from_config(cls, cfg, layout: DistillLayout):
+        """The adapter maps the student's tensor at the reuse point (a tower block's output, or the FPN
+        features for REUSE_BLOCK 0) to the teacher's channels; both branches share it."""
+        args = super(AdaptedDistiller, cls).from_config(cfg, layout)
+        blocks = min(layout.teacher_tower_blocks, layout.student_tower_blocks)
+        k = args["reuse_block"]
+        k = k + layout.teacher_tower_blocks if k < 0 else k
+        if not 0 <= k <= blocks or (k > 0 and not blocks):
+            raise ValueError(
+                f"MODEL.DISTILL.CROSSKD.REUSE_BLOCK {args['reuse_block']} is outside the head towers "
+                f"(teacher {layout.teacher_tower_blocks} blocks, student {layout.student_tower_blocks}); "
+                "give 0..the smaller count, -1 for the teacher's last block, or 0 for heads without towers"
+            )
+        if k > 0:
+            s, t = layout.student_tower_channels, layout.teacher_tower_channels
+        else:
+            s, t = layout.student_channels, layout.teacher_channels
+        return {**args, "reuse_block": k, "adapter": build_adapter(cfg.ADAPTER, s, t)}
+
+    def attach(self, teacher, student) -> None:
+        self.keep_models(teacher, student)
 
     def cross_head(self, teacher: DenseOutputs, student: DenseOutputs) -> DenseOutputs:
-        """The teacher's head on the aligned student features (carries the student's graph)."""
-        if self._teacher is None:
-            raise RuntimeError(
-                "CrossKD runs the teacher's head on the student's features: build it inside "
-                "TeacherStudent (MODEL.DISTILL.METHODS), which attaches the teacher"
-            )
+        """The teacher's head from REUSE_BLOCK on, fed the student's aligned tensors at that point
+        (carries the student's graph; the teacher's weights stay frozen)."""
+        teacher_model, student_model = self.models()
+        k = self.reuse_block
         # the teacher's scale, not MODEL.DISTILL.FEATURE_NORM's: the result feeds the teacher's head
-        pairs = feature_pairs(teacher, student, self.adapter, "CrossKD")
-        feats = [align_to_teacher(s.float(), t.float()).to(t.dtype) for t, s in pairs]
-        return self._teacher.head_outputs(feats, student.image_sizes)
+        if k == 0:
+            pairs = feature_pairs(teacher, student, self.adapter, "CrossKD")
+            feats = [align_to_teacher(s.float(), t.float()).to(t.dtype) for t, s in pairs]
+            return teacher_model.head_outputs_from_towers(feats, feats, 0, feats, student.image_sizes)
+        with torch.no_grad():
+            t_towers = teacher_model.head_towers(teacher.features, k, activation=False)
+        s_towers = student_model.head_towers(student.features, k, activation=False)
+        cls_in, reg_in = (
+            [F.relu(align_to_teacher(self.adapter(s).float(), t.float()).to(t.dtype)) for t, s in zip(tt, ss)]
+            for tt, ss in zip(t_towers, s_towers)
+        )
+        return teacher_model.head_outputs_from_towers(cls_in, reg_in, k, student.features, student.image_sizes)
 
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
@@ -129,5 +174,12 @@ class CROSSKD(AdaptedDistiller):
             bins = t_dist.shape[-1] // 4
             kl = side_kl(cross.flat("box_logits").float(), t_dist, self.dist_tau) * bins  # [N, A, 4]
             terms["dist"] = (kl.mean(dim=2) * weight).sum() / weight_sum * self.dist_weight
+        t_ctr, c_ctr = teacher.extras.get("ctr_logits"), cross.extras.get("ctr_logits")
+        if t_ctr is not None and c_ctr is not None and pos_mask is not None and self.ctr_weight > 0:
+            pos = pos_mask.reshape(-1)
+            target = torch.cat(t_ctr, dim=1).detach().float().reshape(-1)[pos].sigmoid()
+            logits = torch.cat(c_ctr, dim=1).float().reshape(-1)[pos]
+            bce = F.binary_cross_entropy_with_logits(logits, target, reduction="sum")
+            terms["ctr"] = bce / num_pos * self.ctr_weight
         diagnostics = {"crosskd/num_pos": num_pos.detach(), "crosskd/teacher_conf": weight.mean()}
         return terms, diagnostics

@@ -1,26 +1,30 @@
 """
-PGD (Yang et al., "Prediction-Guided Distillation for Dense Object Detection", ECCV 2022): FPN
-feature imitation on the teacher's *key predictive regions*. For every GT the teacher's quality
+PGD (Yang et al., "Prediction-Guided Distillation for Dense Object Detection", ECCV 2022): feature
+imitation of the head's first tower block (as published; or of the FPN features) on the teacher's
+*key predictive regions*. For every GT the teacher's quality
 q = score^(1 - a) * IoU^a ranks all locations; the top k, weighted by a 2-D Gaussian fitted to their
 centres, form the foreground mask (one for classification with a = 0.8, one for regression with
 a = 0.6). The classification-side loss is FGD-style (teacher spatial and channel attention, foreground
 and background terms, attention imitation), the regression-side loss a channel-attention-weighted
 MSE on the regression mask.
 """
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import Instances
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..structures import DenseOutputs, DistillLayout, batched_iou
-from .adapters import AdaptedDistiller
+from .adapters import AdaptedDistiller, build_adapter
 from .base import DISTILLER_REGISTRY, check_loss_weights
-from .helpers import feature_pairs, pad_targets
+from .helpers import feature_pairs, normalize_feature_pairs, pad_targets
 
 __all__ = ["PGD", "background_mask", "key_predictive_mask"]
+
+#: values of MODEL.DISTILL.PGD.FEATURES
+FEATURES = ("head", "fpn")
 
 
 def _inside(centers: Tensor, gt_boxes: Tensor) -> Tensor:
@@ -113,6 +117,10 @@ class PGD(AdaptedDistiller):
       classification mask;
     - loss_pgd_reg: GAMMA * channel-attention MSE on the regression mask + DELTA * attention
       imitation.
+    FEATURES "head" (published): the classification terms imitate the output of the first block
+    (conv, GN, ReLU) of the head's classification tower, the regression terms that of the regression
+    tower (`DistillableDetector.head_towers`), each through its own adapter; "fpn": both imitate the
+    FPN features the head reads.
     """
 
     config = {
@@ -125,6 +133,8 @@ class PGD(AdaptedDistiller):
         "TOPK": (30, "key predictive locations per GT"),
         "CLS_QUALITY_ALPHA": (0.8, "q = score^(1-a) IoU^a, classification mask"),
         "REG_QUALITY_ALPHA": (0.6, "the same, regression mask"),
+        "FEATURES": ("head", '"head": each branch imitates its head tower\'s first block output (published); '
+                     '"fpn": both imitate the FPN features'),
     }
     main_weights = ("ALPHA", "BETA", "GAMMA", "DELTA")
 
@@ -141,11 +151,23 @@ class PGD(AdaptedDistiller):
         topk: int,
         cls_quality_alpha: float,
         reg_quality_alpha: float,
+        features: str,
+        num_levels: int,
+        reg_adapter: Optional[nn.Module],
         **kwargs,
     ):
         """Arguments are the MODEL.DISTILL.PGD keys (defaults: PGD's GFL R-101 -> R-50 config);
+        num_levels: the pair's FPN levels (one LEVEL_WEIGHTS entry each); reg_adapter: the
+        regression tower's adapter (FEATURES "head"; the FPN form uses `adapter` for both);
         kwargs: the `AdaptedDistiller` arguments."""
         super().__init__(**kwargs)
+        if features not in FEATURES:
+            raise ValueError(f"MODEL.DISTILL.PGD.FEATURES must be one of {FEATURES}, got '{features}'")
+        if len(level_weights) < num_levels:
+            raise ValueError(
+                f"MODEL.DISTILL.PGD.LEVEL_WEIGHTS has {len(level_weights)} entries for {num_levels} FPN "
+                "levels; give one per level"
+            )
         check_loss_weights(
             "MODEL.DISTILL.PGD", ALPHA=alpha, BETA=beta, GAMMA=gamma, DELTA=delta,
             LEVEL_WEIGHTS=min(level_weights, default=0.0),
@@ -163,16 +185,46 @@ class PGD(AdaptedDistiller):
         self.topk = int(topk)
         self.cls_quality_alpha = float(cls_quality_alpha)
         self.reg_quality_alpha = float(reg_quality_alpha)
+        self.features = features
+        self.reg_adapter = reg_adapter
 
     @classmethod
     def from_config(cls, cfg, layout: DistillLayout):
-        args = super().from_config(cfg, layout)
-        if len(args["level_weights"]) < layout.num_levels:
+        args = {**super(AdaptedDistiller, cls).from_config(cfg, layout), "num_levels": layout.num_levels}
+        if args["features"] == "fpn":
+            args["adapter"] = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
+            args["reg_adapter"] = None
+            return args
+        if not layout.teacher_tower_channels or not layout.student_tower_channels:
             raise ValueError(
-                f"MODEL.DISTILL.PGD.LEVEL_WEIGHTS has {len(args['level_weights'])} entries for "
-                f"{layout.num_levels} FPN levels; give one per level"
+                "MODEL.DISTILL.PGD.FEATURES 'head' imitates the head towers, but this teacher or "
+                "student head has none (cls_subnet / bbox_subnet); use FEATURES 'fpn'"
             )
+        s, t = layout.student_tower_channels, layout.teacher_tower_channels
+        args["adapter"] = build_adapter(cfg.ADAPTER, s, t)
+        args["reg_adapter"] = build_adapter(cfg.ADAPTER, s, t)
         return args
+
+    def attach(self, teacher, student) -> None:
+        self.keep_models(teacher, student)
+
+    def feature_pairs(
+        self, teacher: DenseOutputs, student: DenseOutputs
+    ) -> Tuple[List[Tuple[Tensor, Tensor]], List[Tuple[Tensor, Tensor]]]:
+        """(classification-side, regression-side) per-level (teacher, adapted student) pairs: the
+        first tower block of each head branch ("head") or the FPN features ("fpn") for both."""
+        if self.features == "fpn":
+            pairs = feature_pairs(teacher, student, self.adapter, "PGD", norm=self.feature_norm)
+            return pairs, pairs
+        teacher_model, student_model = self.models()
+        with torch.no_grad():
+            t_cls, t_reg = teacher_model.head_towers(teacher.features, 1)
+        s_cls, s_reg = student_model.head_towers(student.features, 1)
+        out = []
+        for t_feats, s_feats, adapter in ((t_cls, s_cls, self.adapter), (t_reg, s_reg, self.reg_adapter)):
+            pairs = [(t, adapter(s)) for t, s in zip(t_feats, s_feats)]
+            out.append(normalize_feature_pairs(pairs, self.feature_norm))
+        return out[0], out[1]
 
     @torch.no_grad()
     def masks(self, teacher: DenseOutputs, targets: List[Instances]) -> Dict[str, Tensor]:
@@ -215,16 +267,16 @@ class PGD(AdaptedDistiller):
     def losses(
         self, teacher: DenseOutputs, student: DenseOutputs, targets: List[Instances]
     ) -> Tuple[Dict[str, Tensor], Dict[str, Tensor]]:
-        pairs = feature_pairs(teacher, student, self.adapter, "PGD", norm=self.feature_norm)
+        cls_pairs, reg_pairs = self.feature_pairs(teacher, student)
         m = self.masks(teacher, targets)
         sizes = [h * w for h, w in teacher.level_shapes]
         split = {k: v.split(sizes, dim=1) for k, v in m.items()}
         loss_cls, loss_reg = [], []
-        for lvl, ((ft, fs), (h, w)) in enumerate(zip(pairs, teacher.level_shapes)):
-            ft, fs = ft.float(), fs.float()
+        for lvl, (h, w) in enumerate(teacher.level_shapes):
             fg, bg, reg = (split[k][lvl].reshape(-1, h, w) for k in ("cls", "bg", "reg"))
-            loss_cls.append(self._cls_level(ft, fs, fg, bg, self.level_weights[lvl]))
-            loss_reg.append(self._reg_level(ft, fs, reg))
+            (ct, cs), (rt, rs) = cls_pairs[lvl], reg_pairs[lvl]
+            loss_cls.append(self._cls_level(ct.float(), cs.float(), fg, bg, self.level_weights[lvl]))
+            loss_reg.append(self._reg_level(rt.float(), rs.float(), reg))
         diagnostics = {
             "pgd/frac_fg_cls": (m["cls"] > 0).float().mean(),
             "pgd/frac_fg_reg": (m["reg"] > 0).float().mean(),

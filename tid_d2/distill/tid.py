@@ -565,6 +565,14 @@ class TID(AdaptedDistiller):
         storage = current_storage()
         if self.vis_period <= 0 or storage is None or storage.iter % self.vis_period:
             return
+        if self.view is not None:
+            log_first_n(
+                logging.WARNING,
+                "MODEL.DISTILL.TID.VIS_PERIOD > 0 but nothing drew TID's last areas: register "
+                "tid_d2.visualization.visualization_hooks(model) in your trainer (projects/TID/train_net.py "
+                "and lazy_train_net.py do)",
+                name=__name__,
+            )
         areas = self.areas(teacher, student, targets)
         self.view = {
             "iter": storage.iter,

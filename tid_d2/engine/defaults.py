@@ -64,9 +64,12 @@ def setup_cfg(config_file: str, opts: Optional[List[str]] = None, freeze: bool =
         # yacs: KeyError for a YAML key, AssertionError for a command-line one (and bad opts)
         if isinstance(e, AssertionError) and "Non-existent key" not in str(e):
             raise ValueError(f"{config_file}: bad config overrides {list(opts or [])}: {e}") from None
+        if "was renamed" in str(e):
+            raise KeyError(f"{config_file}: {e.args[0]}") from None
         raise KeyError(
             f"{config_file}: unknown config key {e}. Keys this project adds are listed in "
-            "tid_d2/config.py (MODEL.GFL/ATSS/FCOS/TEACHER/DISTILL/TID)"
+            "tid_d2/config.py (MODEL.GFL/ATSS/FCOS/TEACHER/DISTILL) and, for each method's "
+            "MODEL.DISTILL.<NAME>, in its `config` (tid_d2/distill/<name>.py)"
         ) from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         logger.warning("no CUDA device: MODEL.DEVICE cuda -> cpu")

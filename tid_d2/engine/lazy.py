@@ -23,7 +23,7 @@ from .defaults import check_amp_device, create_ddp_model, resume_or_load, skip_b
 from .hooks import TeacherEvalHook, unwrap
 from .train_loop import build_step_trainer, gradient_norm_bound
 
-__all__ = ["build_lazy_eval_model", "check_config", "do_test", "do_train", "resolve_device"]
+__all__ = ["build_lazy_eval_model", "build_lazy_trainer", "check_config", "do_test", "do_train", "resolve_device"]
 
 logger = logging.getLogger("detectron2")
 

@@ -249,6 +249,8 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
         if gt_instances is not None:
             gt_labels, _, thresholds = self.label_anchors(anchors, gt_instances)
             extras["pos_mask"] = (gt_labels >= 0) & (gt_labels < self.num_classes)
+        if "ctr" in preds:  # L x [N, Hl*Wl, 1] centerness logits (ATSS)
+            extras["ctr_logits"] = preds["ctr"]
         deltas = [self.level_deltas(r, s) for r, s in zip(preds["reg"], self.strides)]
         return DenseOutputs(
             features=features,

@@ -11,11 +11,12 @@ import abc
 import contextlib
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectron2.structures import Boxes, ImageList, Instances
 
 from ..structures import DenseOutputs
+from .heads import tower_blocks
 
 __all__ = ["DistillableDetector", "decode_level_boxes"]
 
@@ -101,6 +102,79 @@ class DistillableDetector(abc.ABC):
         return self.dense_outputs_from_predictions(
             features, self.head(features), image_sizes, gt_instances
         )
+
+    def head_tower_blocks(self) -> Tuple[List[nn.Module], List[nn.Module]]:
+        """The head's classification and regression conv towers (`head.cls_subnet`, `head.bbox_subnet`,
+        as Detectron2's RetinaNet/FCOS heads and `DenseTowerHead` name them), as blocks of conv, norm
+        and activation (`heads.tower_blocks`)."""
+        cls, reg = getattr(self.head, "cls_subnet", None), getattr(self.head, "bbox_subnet", None)
+        if not isinstance(cls, nn.Sequential) or not isinstance(reg, nn.Sequential):
+            raise TypeError(
+                f"{type(self).__name__}'s head has no cls_subnet / bbox_subnet conv towers: methods "
+                "that read or reuse the head's towers (PGD FEATURES head, CrossKD) do not apply"
+            )
+        return tower_blocks(cls), tower_blocks(reg)
+
+    @property
+    def tower_channels(self) -> int:
+        """Output channels of the head towers' first block (0 when the head has no conv towers)."""
+        try:
+            cls, _ = self.head_tower_blocks()
+        except TypeError:
+            return 0
+        return cls[0][0].out_channels if cls else 0
+
+    @property
+    def tower_blocks(self) -> int:
+        """Blocks in each head tower (0 when the head has no conv towers)."""
+        try:
+            return len(self.head_tower_blocks()[0])
+        except TypeError:
+            return 0
+
+    def head_towers(
+        self, features: List[Tensor], blocks: int, activation: bool = True
+    ) -> Tuple[List[Tensor], List[Tensor]]:
+        """
+        The classification and regression towers after their first `blocks` blocks, on `features`
+        (L x [N, C, H, W]): two lists L x [N, C', H, W]. activation=False stops before the last
+        block's activation (CrossKD reads the normalized, not yet activated tower output).
+        """
+        out = []
+        for tower in self.head_tower_blocks():
+            if not 1 <= blocks <= len(tower):
+                raise ValueError(f"the head's towers have {len(tower)} blocks, asked for {blocks}")
+            head, last = tower[: blocks - 1], tower[blocks - 1]
+            last = last if activation else last[:-1]
+            out.append([last(nn.Sequential(*head)(x)) for x in features])
+        return out[0], out[1]
+
+    def head_outputs_from_towers(
+        self,
+        cls_feats: List[Tensor],
+        reg_feats: List[Tensor],
+        start: int,
+        features: List[Tensor],
+        image_sizes: Sequence[Tuple[int, int]],
+    ) -> DenseOutputs:
+        """
+        This head from inside its towers: its tower blocks from `start` (0-based) on the given
+        per-level tower inputs, then its predictors (`head.predict`), as DenseOutputs (`features`:
+        what DenseOutputs.features holds). With start = 0 this is `head_outputs(features)`.
+        """
+        cls_tower, reg_tower = (nn.Sequential(*t[start:]) for t in self.head_tower_blocks())
+        predictions = self.head_predictions([cls_tower(x) for x in cls_feats], [reg_tower(x) for x in reg_feats])
+        return self.dense_outputs_from_predictions(features, predictions, image_sizes)
+
+    def head_predictions(self, cls_feats: List[Tensor], reg_feats: List[Tensor]) -> List[List[Tensor]]:
+        """The head's predictors on its towers' outputs, as `head(features)` returns them: the head's
+        own `predict` (`DenseTowerHead`); a detector around another head overrides this."""
+        if not hasattr(self.head, "predict"):
+            raise TypeError(
+                f"{type(self.head).__name__} has no predict(cls_feats, box_feats): override "
+                f"{type(self).__name__}.head_predictions"
+            )
+        return self.head.predict(cls_feats, reg_feats)
 
     def dense_outputs(
         self, batched_inputs: List[Dict], gt_instances: Optional[List[Instances]] = None

@@ -56,6 +56,15 @@ class FCOS(DistillableDetector, _D2FCOS):
             "input_format": cfg.INPUT.FORMAT,
         }
 
+    def head_predictions(self, cls_feats: List[Tensor], reg_feats: List[Tensor]) -> List[List[Tensor]]:
+        """Detectron2's FCOSHead.forward after its towers: class logits, box regression, centerness."""
+        head = self.head
+        return (
+            [head.cls_score(x) for x in cls_feats],
+            [head.bbox_pred(x) for x in reg_feats],
+            [head.ctrness(x) for x in reg_feats],
+        )
+
     def dense_outputs_from_predictions(
         self,
         features: List[Tensor],

@@ -1,4 +1,5 @@
-"""`DenseTowerHead`: the shared GN conv-tower head of GFL and ATSS."""
+"""`DenseTowerHead`: the shared GN conv-tower head of GFL and ATSS; `tower_blocks`: a conv tower as its
+conv (+ norm) + activation blocks, for methods that read or reuse a head from inside its towers."""
 import math
 from typing import List
 
@@ -8,7 +9,7 @@ from torch import Tensor, nn
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec, get_norm
 
-__all__ = ["Scale", "DenseTowerHead"]
+__all__ = ["Scale", "DenseTowerHead", "tower_blocks"]
 
 
 class Scale(nn.Module):
@@ -20,6 +21,18 @@ class Scale(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return x * self.scale
+
+
+def tower_blocks(tower: nn.Sequential) -> List[nn.Sequential]:
+    """Split a conv tower (Detectron2's and this project's heads: conv, optional norm, activation,
+    repeated) into its blocks, each starting at a conv; the last module of a block is its
+    activation."""
+    blocks: List[List[nn.Module]] = []
+    for m in tower:
+        if isinstance(m, nn.Conv2d) or not blocks:
+            blocks.append([])
+        blocks[-1].append(m)
+    return [nn.Sequential(*b) for b in blocks]
 
 
 def _tower(in_channels: int, conv_dims: List[int], norm: str) -> nn.Sequential:
@@ -82,13 +95,15 @@ class DenseTowerHead(nn.Module):
         }
 
     def forward(self, features: List[Tensor]):
-        if len(features) != len(self.scales):
-            raise ValueError(f"head built for {len(self.scales)} levels, got {len(features)}")
-        logits, regs, ctrs = [], [], []
-        for x, scale in zip(features, self.scales):
-            box_feat = self.bbox_subnet(x)
-            logits.append(self.cls_score(self.cls_subnet(x)))
-            regs.append(scale(self.bbox_pred(box_feat)))
-            if self.centerness is not None:
-                ctrs.append(self.centerness(box_feat))
-        return (logits, regs, ctrs) if self.centerness is not None else (logits, regs)
+        return self.predict([self.cls_subnet(x) for x in features], [self.bbox_subnet(x) for x in features])
+
+    def predict(self, cls_feats: List[Tensor], box_feats: List[Tensor]):
+        """The predictors on the towers' outputs (L x [N, C, H, W] each): per level cls logits,
+        scaled regression and (with centerness) centerness logits, as `forward` returns them."""
+        if len(cls_feats) != len(self.scales):
+            raise ValueError(f"head built for {len(self.scales)} levels, got {len(cls_feats)}")
+        logits = [self.cls_score(x) for x in cls_feats]
+        regs = [scale(self.bbox_pred(x)) for x, scale in zip(box_feats, self.scales)]
+        if self.centerness is None:
+            return logits, regs
+        return logits, regs, [self.centerness(x) for x in box_feats]

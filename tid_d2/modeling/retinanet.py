@@ -71,6 +71,10 @@ class DistillableRetinaNet(DistillableDetector, RetinaNet):
     def from_config(cls, cfg):
         return RetinaNet.from_config(cfg)
 
+    def head_predictions(self, cls_feats: List[Tensor], reg_feats: List[Tensor]) -> List[List[Tensor]]:
+        """Detectron2's RetinaNetHead.forward after its towers: class logits, box regression."""
+        return [self.head.cls_score(x) for x in cls_feats], [self.head.bbox_pred(x) for x in reg_feats]
+
     def dense_outputs_from_predictions(
         self,
         features: List[Tensor],

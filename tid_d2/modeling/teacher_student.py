@@ -84,6 +84,10 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> DistillLayout:
         strides=tuple(student.strides),
         num_classes=student.num_classes,
         box_distributions=bool(teacher.has_box_distributions and student.has_box_distributions),
+        teacher_tower_channels=getattr(teacher, "tower_channels", 0),
+        student_tower_channels=getattr(student, "tower_channels", 0),
+        teacher_tower_blocks=getattr(teacher, "tower_blocks", 0),
+        student_tower_blocks=getattr(student, "tower_blocks", 0),
     )
 
 
@@ -167,7 +171,7 @@ class TeacherStudent(nn.Module):
         teacher.eval().requires_grad_(False)
         object.__setattr__(self, "_teacher", teacher)
         for d in distillers.values():
-            d.attach_teacher(teacher)
+            d.attach(teacher, student)
 
     @classmethod
     def from_config(cls, cfg):

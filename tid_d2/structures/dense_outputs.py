@@ -25,7 +25,8 @@ class DenseOutputs:
             of the candidate IoUs), or None when its positive criterion is not IoU based.
         box_logits: L x [N, Hl*Wl, 4 * (reg_max + 1)] GFL box-side distributions, or None.
         offset: where a location's centre sits in its stride cell (the anchor generator's offset).
-        extras: detector-specific additions; "pos_mask" [N, sum Hl*Wl] bool marks the detector's
+        extras: detector-specific additions; "ctr_logits" L x [N, Hl*Wl, 1] centerness logits (heads
+            that predict centerness); "pos_mask" [N, sum Hl*Wl] bool marks the detector's
             own training positives (given when GT was passed).
     """
 

@@ -18,6 +18,10 @@ class DistillLayout:
         num_classes: classes both models predict.
         box_distributions: whether both models hand GFL box-side distributions
             (`DenseOutputs.box_logits`).
+        teacher_tower_channels, student_tower_channels: output channels of the first block of each
+            model's head towers (0: a head without conv towers), for methods that read the towers.
+        teacher_tower_blocks, student_tower_blocks: blocks (conv, norm, activation) in each model's
+            head towers (0: none).
     """
 
     teacher_channels: int
@@ -25,6 +29,10 @@ class DistillLayout:
     strides: Tuple[int, ...] = (8, 16, 32, 64, 128)
     num_classes: int = 80
     box_distributions: bool = False
+    teacher_tower_channels: int = 0
+    student_tower_channels: int = 0
+    teacher_tower_blocks: int = 0
+    student_tower_blocks: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))

@@ -3,19 +3,23 @@ points register it through `visualization_hooks` (the training core never import
 from typing import List, Sequence
 
 from detectron2.engine import HookBase
-from torch.nn.parallel import DistributedDataParallel
+from detectron2.utils import comm
 
+from ..distill.tid import TID
+from ..engine.hooks import unwrap
 from .tid_areas import tid_area_sheet_for_tensorboard
 
 __all__ = ["TIDAreasHook", "visualization_hooks"]
 
 
 def visualization_hooks(model) -> List[HookBase]:
-    """The picture hooks a (possibly DDP-wrapped) model's distillers ask for: a `TIDAreasHook` when
-    a TID distiller has MODEL.DISTILL.TID.VIS_PERIOD > 0, else none."""
-    model = model.module if isinstance(model, DistributedDataParallel) else model
-    drawn = [d for d in getattr(model, "distillers", {}).values() if getattr(d, "vis_period", 0) > 0]
-    return [TIDAreasHook(drawn)] if drawn else []
+    """The picture hooks a (possibly DDP-wrapped) model's distillers ask for: on the main process (the
+    one that writes events), a `TIDAreasHook` when a TID distiller has MODEL.DISTILL.TID.VIS_PERIOD
+    > 0, else none. Registered after the trainer's writer, a sheet reaches TensorBoard at the next
+    write."""
+    distillers = getattr(unwrap(model), "distillers", {}).values()
+    drawn = [d for d in distillers if isinstance(d, TID) and d.vis_period > 0]
+    return [TIDAreasHook(drawn)] if drawn and comm.is_main_process() else []
 
 
 class TIDAreasHook(HookBase):
