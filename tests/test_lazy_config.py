@@ -338,7 +338,7 @@ def test_lazy_train_net_names_missing_entries(tmp_path):
 TID_SCALARS = (
     "tasks", "threshold_mode", "pos_thresh", "neg_thresh",
     "score_levels", "cls_tau", "cls_tau_bg", "key_thresh", "weak_thresh", "ldam", "area_precedence",
-    "min_pos_thresh", "soft_weights",
+    "soft_weights",
     "alpha", "beta", "gamma", "loss_weight", "normalize",
 )
 

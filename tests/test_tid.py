@@ -343,7 +343,7 @@ def flat_index(mask_levels):
 
 
 #: the first LDAM reading, which the hand-made scene's expected areas below are written for
-V1_AREAS = dict(area_precedence="key", key_thresh=2.25, weak_thresh=0.4, min_pos_thresh=0.0)
+V1_AREAS = dict(area_precedence="key", key_thresh=2.25, weak_thresh=0.4, pos_thresh=0.0)
 
 
 def build(layout=LAYOUT8, **kw):
@@ -363,7 +363,7 @@ def test_scene_areas_at_the_defaults():
     assert flat_index([p3["key"], p4["key"]]) == [0]
     assert flat_index([p3["weak"], p4["weak"]]) == [3, 5, 16, 19]
     assert p3["key"][1].flatten().nonzero().flatten().tolist() == [8]
-    no_floor = TID.from_defaults(LAYOUT8, min_pos_thresh=0.0)
+    no_floor = TID.from_defaults(LAYOUT8, pos_thresh=0.0)
     a = no_floor.areas(teacher, student, make_targets())
     assert flat_index([a["p3"]["weak"], a["p4"]["weak"]]) == [3, 5, 10, 16, 19]
 
@@ -474,7 +474,7 @@ def test_ablation_switches_change_areas():
 
     assert keys() == ([0, 5, 10, 19], [3, 16])
     # fixed thresholds: IoU 0.35 at location 10 is background (confident: lo * lo)
-    assert keys(threshold_mode="fixed") == ([0, 5, 19], [3, 16])
+    assert keys(threshold_mode="fixed", pos_thresh=0.5) == ([0, 5, 19], [3, 16])
     # reg-only: teacher's wrong-class box at 16 counts as well done (hi * hi)
     assert keys(tasks="reg")[0] == [0, 5, 10, 16, 19]
     # cls-only: clean background stays out of K (lo * hi); the object locations with the right class
@@ -510,7 +510,7 @@ def test_ablation_switches_change_losses():
         assert warm[name].item() == pytest.approx(0.25 * base[name].item(), rel=1e-5)
     reg_only = build(tasks="reg", **w)(teacher, student, targets)
     assert reg_only["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
-    fixed = build(threshold_mode="fixed", **w)(teacher, student, targets)
+    fixed = build(threshold_mode="fixed", pos_thresh=0.5, **w)(teacher, student, targets)
     assert fixed["loss_tid_key"].item() != pytest.approx(base["loss_tid_key"].item())
 
 
@@ -569,11 +569,13 @@ def test_threshold_fallback_and_missing_thresholds():
     # neither model gives thresholds (e.g. FCOS): assigner mode falls back to fixed POS_THRESH
     teacher.pos_thresholds = None
     assert torch.equal(
-        build()(teacher, student, targets)["loss_tid_key"],
-        build(threshold_mode="fixed")(teacher, student, targets)["loss_tid_key"],
+        build(pos_thresh=0.5)(teacher, student, targets)["loss_tid_key"],
+        build(threshold_mode="fixed", pos_thresh=0.5)(teacher, student, targets)["loss_tid_key"],
     )
-    a = build().areas(teacher, student, targets)
+    a = build(pos_thresh=0.5).areas(teacher, student, targets)
     assert flat_index([a["p3"]["key"], a["p4"]["key"]]) == [0, 5, 19]
+    with pytest.raises(ValueError, match="POS_THRESH 0 in assigner mode"):
+        build()(teacher, student, targets)  # no floor and no assigner thresholds: nothing to test IoU against
     teacher.pos_thresholds = [torch.tensor([0.5]), torch.tensor([0.6])]
     with pytest.raises(ValueError, match="pos_thresholds\\[0\\]"):
         build()(teacher, student, targets)

@@ -92,7 +92,7 @@ def test_default_areas_are_all_populated(spread_batch):
         ("WEAK_THRESH", "1.0"),
         ("SCORE_LEVELS", "[2.0, 1.0, 0.4]"),
         ("THRESHOLD_MODE", "fixed"),
-        ("MIN_POS_THRESH", "0.2"),
+        ("POS_THRESH", "0.2"),
         ("NEG_THRESH", "0.2"),
         ("AREA_PRECEDENCE", "key"),
         ("TASKS", "cls"),
@@ -191,6 +191,6 @@ def test_a_few_percent_iou_is_never_well_localized(small_gt_batch, mode):
         assert well == (target_iou > 0.5), (mode, side, target_iou)
     # without the floor (the first reading) the 0.1-IoU boxes of GTs under 32 px count as well localized
     if mode == "assigner":
-        raw = TID(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.DISTILL.TID.MIN_POS_THRESH", "0.0").MODEL.DISTILL,
+        raw = TID(quickstart_cfg("TID-GFL", "MODEL.TEACHER.WEIGHTS", "unused.pth", "MODEL.DISTILL.TID.POS_THRESH", "0.0").MODEL.DISTILL,
                   DistillLayout(c, c)).compute_scores(teacher, teacher, targets)
         assert all(float(raw["score_r_t"][0, locations[(side, 0.1)]]) == hi for side in (8, 12, 16, 24))

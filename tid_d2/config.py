@@ -110,9 +110,13 @@ def add_tid_config(cfg: CN) -> CN:
             raise TypeError(f"distiller {name}: its name is a shared MODEL.DISTILL key {sorted(shared)}")
         _C.MODEL.DISTILL[name.upper()] = method.default_node()
     # MODEL.TID moved under MODEL.DISTILL with every other method: an old key names its new place.
-    for key in ("MODEL.TID",) + tuple(f"MODEL.TID.{k}" for k in _C.MODEL.DISTILL.TID):
-        if not _C.key_is_renamed(key):
-            _C.register_renamed_key(key, key.replace("MODEL.TID", "MODEL.DISTILL.TID"))
+    renamed = {f"MODEL.TID.{k}": f"MODEL.DISTILL.TID.{k}" for k in _C.MODEL.DISTILL.TID}
+    renamed.update({"MODEL.TID": "MODEL.DISTILL.TID", "MODEL.TID.MIN_POS_THRESH": "MODEL.DISTILL.TID.POS_THRESH"})
+    # one key is now the loosest positive IoU of both threshold modes (fixed value and assigner floor)
+    renamed["MODEL.DISTILL.TID.MIN_POS_THRESH"] = "MODEL.DISTILL.TID.POS_THRESH"
+    for old, new in renamed.items():
+        if not _C.key_is_renamed(old):
+            _C.register_renamed_key(old, new, "POS_THRESH is also the floor of assigner mode" if "MIN" in old else None)
     # FGD's level count comes from the built detectors now (DistillLayout): an old key is ignored.
     if not _C.key_is_deprecated("MODEL.DISTILL.FGD.NUM_LEVELS"):
         _C.register_deprecated_key("MODEL.DISTILL.FGD.NUM_LEVELS")

@@ -76,7 +76,7 @@ _ABLATION_KEYS = {
     "precedence": ("MODEL.DISTILL.TID.AREA_PRECEDENCE", {"weak": "weak", "key": "key"}),
     "tau_k": ("MODEL.DISTILL.TID.KEY_THRESH", float),
     "tau_w": ("MODEL.DISTILL.TID.WEAK_THRESH", float),
-    "min_pos": ("MODEL.DISTILL.TID.MIN_POS_THRESH", float),
+    "min_pos": ("MODEL.DISTILL.TID.POS_THRESH", float),  # the floor under assigner thresholds
 }
 
 # (size, arch) -> config file of each role; "realistic" is the COCO setting, used for cost only.

@@ -297,10 +297,10 @@ class TID(AdaptedDistiller):
     config = {
         "TASKS": ("both", '"both" | "cls" | "reg": which DIEM scores make the importance'),
         "THRESHOLD_MODE": ("assigner", '"assigner" (per-GT ATSS threshold) | "fixed"'),
-        "POS_THRESH": (0.5, 'thr_pos in "fixed" mode'),
-        "MIN_POS_THRESH": (0.5, '"assigner" mode: an assigner\'s thr_pos is raised to at least this (its '
-                           "anchor-IoU thresholds fall to a few percent for small GTs; 0.5 is the "
-                           "loosest IoU a detection metric accepts)"),
+        "POS_THRESH": (0.5, 'the loosest positive IoU: thr_pos in "fixed" mode, and in "assigner" mode the '
+                       "floor an assigner's thr_pos is raised to (its anchor-IoU thresholds fall to a few "
+                       "percent for small GTs; 0.5 is the loosest IoU a detection metric accepts; 0: the "
+                       "assigner's own thresholds)"),
         "NEG_THRESH": (0.4, "thr_neg (both modes; clamped below thr_pos)"),
         "SCORE_LEVELS": ([2.0, 1.5, 0.4], "DIEM's good / moderate / poor score values"),
         "CLS_TAU": (0.3, 'tau: confidence of a "confident" class prediction'),
@@ -339,7 +339,6 @@ class TID(AdaptedDistiller):
         weak_thresh: float,
         ldam: bool,
         area_precedence: str,
-        min_pos_thresh: float,
         soft_weights: bool,
         alpha: float,
         beta: float,
@@ -369,10 +368,10 @@ class TID(AdaptedDistiller):
                 "MODEL.DISTILL.TID.SCORE_LEVELS must be [hi, mid, lo] with hi >= mid >= lo >= 0, "
                 f"got {score_levels}"
             )
-        if not 0 < pos_thresh <= 1 or not 0 <= neg_thresh <= 1 or not 0 <= min_pos_thresh <= 1:
+        if not 0 <= pos_thresh <= 1 or not 0 <= neg_thresh <= 1 or (threshold_mode == "fixed" and pos_thresh == 0):
             raise ValueError(
-                "MODEL.DISTILL.TID.POS_THRESH must be in (0, 1], NEG_THRESH and MIN_POS_THRESH in "
-                f"[0, 1], got {pos_thresh} / {neg_thresh} / {min_pos_thresh}"
+                "MODEL.DISTILL.TID.POS_THRESH and NEG_THRESH must be in [0, 1] (POS_THRESH > 0 in fixed "
+                f"mode), got {pos_thresh} / {neg_thresh}"
             )
         if not 0 <= cls_tau_bg <= cls_tau <= 1:
             raise ValueError(
@@ -393,7 +392,6 @@ class TID(AdaptedDistiller):
         self.weak_thresh = float(weak_thresh)
         self.ldam = bool(ldam)
         self.area_precedence = area_precedence
-        self.min_pos_thresh = float(min_pos_thresh)
         self.soft_weights = bool(soft_weights)
         self.alpha, self.beta, self.gamma = float(alpha), float(beta), float(gamma)
         self.loss_weight = float(loss_weight)
@@ -414,12 +412,18 @@ class TID(AdaptedDistiller):
         thr_pos [N, M] of one model: POS_THRESH in fixed mode; in assigner mode its own per-GT
         thresholds, else the other model's (same GTs and anchor layout), else POS_THRESH (both
         assigners not IoU based, e.g. FCOS; logged once). An assigner's thresholds are raised to
-        at least MIN_POS_THRESH: they are computed from anchor IoUs and fall to a few percent for
+        at least POS_THRESH: they are computed from anchor IoUs and fall to a few percent for
         small GTs, while DIEM tests predicted-box IoUs.
         """
         thresholds = None if self.threshold_mode == "fixed" else model.pos_thresholds
         if thresholds is None and self.threshold_mode == "assigner":
             thresholds = other.pos_thresholds
+            if thresholds is None and self.pos_thresh == 0:
+                raise ValueError(
+                    "MODEL.DISTILL.TID.POS_THRESH 0 in assigner mode takes the assigners' own thresholds, "
+                    "but neither teacher nor student gives any (DenseOutputs.pos_thresholds; e.g. FCOS, "
+                    "RetinaNet): set POS_THRESH > 0 or THRESHOLD_MODE fixed"
+                )
             if thresholds is None:
                 log_first_n(
                     logging.WARNING,
@@ -442,7 +446,7 @@ class TID(AdaptedDistiller):
             [thr.reshape(-1).to(device=valid.device, dtype=torch.float32) for thr in thresholds],
             batch_first=True,
             padding_value=1.0,
-        ).clamp_(min=self.min_pos_thresh)
+        ).clamp_(min=self.pos_thresh)
 
     @torch.no_grad()
     def compute_scores(
