@@ -154,7 +154,11 @@ def test_method_and_ablation_specs():
     a = parse_ablation("tasks=cls, ldam=off,alpha=2")
     assert a.name == "tid[tasks=cls,ldam=off,alpha=2]" and a.methods == ("TID",)
     assert a.opts == ("MODEL.DISTILL.TID.TASKS", "cls", "MODEL.DISTILL.TID.LDAM", "False", "MODEL.DISTILL.TID.ALPHA", "2.0")
+    decoupled = parse_ablation("normalize=area,lambda=0.075,min_pos=0")
+    assert decoupled.opts == ("MODEL.DISTILL.TID.NORMALIZE", "area", "MODEL.DISTILL.TID.LOSS_WEIGHT", "0.075",
+                              "MODEL.DISTILL.TID.POS_THRESH", "0.0")
     for bad, msg in (("tasks=box", "tasks=both|cls|reg"), ("gamma=x", "number"), ("foo=1", "KEY=VALUE"),
+                     ("normalize=mean", "normalize=all|area"),
                      ("tasks=cls,tasks=reg", "twice")):
         with pytest.raises(ValueError, match=msg):
             parse_ablation(bad)

@@ -103,8 +103,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help=f"methods, '+' combines (tid+ld); default: {' '.join(default_methods())}")
     p.add_argument("--ablations", nargs="*", default=[],
                    help="TID variants KEY=VALUE[,KEY=VALUE] with KEY in tasks (both|cls|reg), thresholds "
-                        "(assigner|fixed), ldam (on|off), soft (on|off), alpha, beta, gamma, lambda "
-                        f"(numbers); 'standard' = {' '.join(STANDARD_ABLATIONS)}")
+                        "(assigner|fixed), ldam (on|off), soft (on|off), precedence (weak|key), normalize "
+                        "(all|area), alpha, beta, gamma, lambda, tau_k, tau_w, min_pos (numbers); "
+                        f"'standard' = {' '.join(STANDARD_ABLATIONS)}")
     p.add_argument("--seeds", nargs="+", type=int, help="training seeds (default 0 1 2)")
     p.add_argument("--iters", type=int, help="student iterations (default: the quickstart config's)")
     p.add_argument("--teacher-iters", type=int, help="teacher iterations (default: the quickstart config's)")

@@ -20,10 +20,12 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
 
 from tid_d2.checkpoint import load_weights  # noqa: E402
+from tid_d2.data import register_shapes  # noqa: E402
 from tid_d2.engine import TIDTrainer  # noqa: E402
 from tid_d2.engine.defaults import setup_cfg  # noqa: E402
 
@@ -33,6 +35,9 @@ def parse_args(argv=None):
     p.add_argument("--config-file", required=True, help="a TeacherStudent config with TID among its methods")
     p.add_argument("--weights", default="", help="student weights (a training or exported checkpoint)")
     p.add_argument("--batches", type=int, default=8, help="training batches averaged over")
+    p.add_argument("--shapes-seed", type=int,
+                   help="train on the tid_shapes variant of this dataset seed (e.g. 1: the benchmark's tuning "
+                        "split) instead of the config's DATASETS.TRAIN")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return p.parse_args(argv)
 
@@ -60,7 +65,13 @@ def measure(cfg, weights: str, batches: int) -> dict:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    cfg = setup_cfg(args.config_file, args.opts)
+    opts = list(args.opts)
+    if args.shapes_seed is not None:
+        name = f"tid_shapes_s{args.shapes_seed}_train"
+        if name not in DatasetCatalog:
+            register_shapes(name, "train", seed=args.shapes_seed)
+        opts += ["DATASETS.TRAIN", f"('{name}',)"]
+    cfg = setup_cfg(args.config_file, opts)
     out = measure(cfg, args.weights, args.batches)
     print(json.dumps(out, indent=1))
     return out

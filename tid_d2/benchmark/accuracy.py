@@ -77,6 +77,7 @@ _ABLATION_KEYS = {
     "tau_k": ("MODEL.DISTILL.TID.KEY_THRESH", float),
     "tau_w": ("MODEL.DISTILL.TID.WEAK_THRESH", float),
     "min_pos": ("MODEL.DISTILL.TID.POS_THRESH", float),  # the floor under assigner thresholds
+    "normalize": ("MODEL.DISTILL.TID.NORMALIZE", {"all": "all", "area": "area"}),
 }
 
 # (size, arch) -> config file of each role; "realistic" is the COCO setting, used for cost only.
