@@ -166,6 +166,10 @@ def test_method_and_ablation_specs():
     assert expand_ablations(["alpha=3", "standard"]) == ["alpha=3"] + list(STANDARD_ABLATIONS)
     assert not_applicable_reason(parse_method("ld"), "GFL") is None
     assert "ld" in not_applicable_reason(parse_method("tid+ld"), "ATSS")
+    no_floor = parse_ablation("min_pos=0")  # the assigner's own thresholds: FCOS's assigner gives none
+    assert not_applicable_reason(no_floor, "GFL") is None
+    assert "FCOS's assigner gives none" in not_applicable_reason(no_floor, "FCOS")
+    assert not_applicable_reason(parse_ablation("min_pos=0,thresholds=fixed"), "FCOS") is None
     assert not_applicable_reason(parse_method("tid"), "ATSS") is None
 
 

@@ -45,7 +45,9 @@ def test_named_losses_and_gradients_only_into_the_student(pair, teachers, tiny_s
     cfg = crosskd_cfg(teachers, pair)
     torch.manual_seed(0)
     model = build_model(cfg).train()
-    assert not any("_teacher" in k or k.startswith("teacher") for k in model.state_dict())
+    assert not any("_teacher" in k or "_student" in k or k.startswith("teacher") for k in model.state_dict())
+    kd = model.distillers["crosskd"]
+    assert kd.reg_adapter is not None and kd.reg_adapter is not kd.adapter  # one adapter per tower
     before = teacher_snapshot(model)
     with EventStorage():
         losses = model(batch(cfg, tiny_shapes[0]))
@@ -120,7 +122,7 @@ def test_without_a_teacher_head_is_a_clear_error(teachers, tiny_shapes):
         out = model.teacher.dense_outputs(data, targets)
     with pytest.raises(RuntimeError, match="TeacherStudent"):
         CROSSKD.from_defaults(check_compatible(model.teacher, model.teacher))(out, out, targets)
-    with pytest.raises(ValueError, match="REUSE_BLOCK 5 is outside the head towers"):
+    with pytest.raises(ValueError, match=r"REUSE_BLOCK 5 \(block 5\) is outside the head towers.*0..2"):
         CROSSKD.from_defaults(check_compatible(model.teacher, model.teacher), reuse_block=5)
 
 

@@ -82,6 +82,7 @@ def test_pgd_head_form_imitates_each_branchs_first_tower_block(tiny_shapes):
     losses["loss_pgd_cls"].backward()
     first = model.head_tower_blocks()[0][0][0]
     assert first.weight.grad is not None and first.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in teacher.parameters())  # the teacher's towers ran without grad
 
 
 def test_pgd_head_form_needs_towers_and_levels(teachers):
@@ -97,3 +98,5 @@ def test_pgd_head_form_needs_towers_and_levels(teachers):
     pgd = model.distillers["pgd"]
     assert pgd.features == "head" and isinstance(pgd.adapter, torch.nn.Conv2d)  # towers 32 -> 64
     assert (pgd.adapter.in_channels, pgd.adapter.out_channels) == (32, 64)
+    assert isinstance(pgd.reg_adapter, torch.nn.Conv2d) and pgd.reg_adapter is not pgd.adapter
+    assert not any("_student" in k or "_teacher" in k for k in model.state_dict())

@@ -59,7 +59,8 @@ def measure(cfg, weights: str, batches: int) -> dict:
             values.update({k: float(v) for k, v in tid.diagnostics.items() if "/p" not in k})
             for k, v in values.items():
                 sums[k] += v / batches
-    detection = sum(v for k, v in sums.items() if k.startswith("loss_") and not k.startswith("loss_tid"))
+    distilled = tuple(f"loss_{name}" for name in model.distillers)
+    detection = sum(v for k, v in sums.items() if k.startswith("loss_") and not k.startswith(distilled))
     return {"detection_loss": detection, **dict(sorted(sums.items()))}
 
 

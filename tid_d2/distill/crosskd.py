@@ -6,13 +6,13 @@ predictions of that cross head imitate the teacher's own predictions. The gradie
 through the teacher's head, so the student learns what moves the teacher's outputs, without the
 conflict of imitating with its own head.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
 from detectron2.structures import Instances
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from ..structures import DenseOutputs, DistillLayout
@@ -73,7 +73,7 @@ class CROSSKD(AdaptedDistiller):
                         "(reused_teacher_head_idx); negative counts from the end: -1 = the last block, "
                         "3 of the published 4; 0: the aligned FPN features enter the teacher's whole head"),
     }
-    main_weights = ("CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT")
+    main_weights = ("CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT", "CTR_WEIGHT")
 
     @configurable
     def __init__(
@@ -86,11 +86,14 @@ class CROSSKD(AdaptedDistiller):
         dist_tau: float,
         ctr_weight: float,
         reuse_block: int,
+        reg_adapter: Optional[nn.Module],
         **kwargs,
     ):
         """Arguments are the MODEL.DISTILL.CROSSKD keys (defaults: CrossKD's GFL R-101 -> R-50
-        config); kwargs: the `AdaptedDistiller` arguments (the adapter is a 1x1 conv before the
-        alignment when channels differ)."""
+        config); reg_adapter: the regression tower's adapter when reusing from inside the towers (the
+        classification tower's is `adapter`; from the FPN features both branches share `adapter`);
+        kwargs: the `AdaptedDistiller` arguments (adapters are 1x1 convs before the alignment when
+        channels differ)."""
         super().__init__(**kwargs)
         check_loss_weights(
             "MODEL.DISTILL.CROSSKD", CLS_WEIGHT=cls_weight, BOX_WEIGHT=box_weight, DIST_WEIGHT=dist_weight,
@@ -106,8 +109,13 @@ class CROSSKD(AdaptedDistiller):
         self.dist_weight, self.dist_tau = float(dist_weight), float(dist_tau)
         self.ctr_weight = float(ctr_weight)
         if int(reuse_block) < 0:
-            raise ValueError(f"CROSSKD: reuse_block must be a block index >= 0 (from_config resolves -1), got {reuse_block}")
+            raise ValueError(
+                f"CROSSKD: reuse_block must be a block index >= 0 (from_config resolves -1), got {reuse_block}"
+            )
         self.reuse_block = int(reuse_block)
+        if self.reuse_block > 0 and reg_adapter is None:
+            raise ValueError("CROSSKD: reusing the head from inside its towers needs a regression-tower adapter")
+        self.reg_adapter = reg_adapter
 
     @classmethod
     def from_config(cls, cfg, layout: DistillLayout):
@@ -117,17 +125,18 @@ class CROSSKD(AdaptedDistiller):
         blocks = min(layout.teacher_tower_blocks, layout.student_tower_blocks)
         k = args["reuse_block"]
         k = k + layout.teacher_tower_blocks if k < 0 else k
-        if not 0 <= k <= blocks or (k > 0 and not blocks):
+        if not 0 <= k <= blocks:
             raise ValueError(
-                f"MODEL.DISTILL.CROSSKD.REUSE_BLOCK {args['reuse_block']} is outside the head towers "
-                f"(teacher {layout.teacher_tower_blocks} blocks, student {layout.student_tower_blocks}); "
-                "give 0..the smaller count, -1 for the teacher's last block, or 0 for heads without towers"
+                f"MODEL.DISTILL.CROSSKD.REUSE_BLOCK {args['reuse_block']} (block {k}) is outside the head "
+                f"towers: the teacher's have {layout.teacher_tower_blocks} blocks, the student's "
+                f"{layout.student_tower_blocks}; give a block in 0..{blocks} (0: FPN features into the whole head)"
             )
-        if k > 0:
-            s, t = layout.student_tower_channels, layout.teacher_tower_channels
-        else:
-            s, t = layout.student_channels, layout.teacher_channels
-        return {**args, "reuse_block": k, "adapter": build_adapter(cfg.ADAPTER, s, t)}
+        if k == 0:
+            adapter = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
+            return {**args, "reuse_block": 0, "adapter": adapter, "reg_adapter": None}
+        s, t = layout.student_tower_channels, layout.teacher_tower_channels
+        adapters = {"adapter": build_adapter(cfg.ADAPTER, s, t), "reg_adapter": build_adapter(cfg.ADAPTER, s, t)}
+        return {**args, "reuse_block": k, **adapters}
 
     def attach(self, teacher, student) -> None:
         self.keep_models(teacher, student)
@@ -141,13 +150,13 @@ class CROSSKD(AdaptedDistiller):
         if k == 0:
             pairs = feature_pairs(teacher, student, self.adapter, "CrossKD")
             feats = [align_to_teacher(s.float(), t.float()).to(t.dtype) for t, s in pairs]
-            return teacher_model.head_outputs_from_towers(feats, feats, 0, feats, student.image_sizes)
+            return teacher_model.head_outputs(feats, student.image_sizes)
         with torch.no_grad():
             t_towers = teacher_model.head_towers(teacher.features, k, activation=False)
         s_towers = student_model.head_towers(student.features, k, activation=False)
         cls_in, reg_in = (
-            [F.relu(align_to_teacher(self.adapter(s).float(), t.float()).to(t.dtype)) for t, s in zip(tt, ss)]
-            for tt, ss in zip(t_towers, s_towers)
+            [F.relu(align_to_teacher(adapter(s).float(), t.float()).to(t.dtype)) for t, s in zip(tt, ss)]
+            for tt, ss, adapter in zip(t_towers, s_towers, (self.adapter, self.reg_adapter))
         )
         return teacher_model.head_outputs_from_towers(cls_in, reg_in, k, student.features, student.image_sizes)
 

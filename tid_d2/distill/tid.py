@@ -15,6 +15,7 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from detectron2.config import configurable
 from detectron2.structures import Instances
+from detectron2.utils import comm
 from detectron2.utils.logger import log_first_n
 from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
@@ -567,7 +568,7 @@ class TID(AdaptedDistiller):
         """Every `vis_period` iterations: keep the areas of the batch's first image, with what a
         picture of them needs, in `self.view` (drawn by `visualization.TIDAreasHook`)."""
         storage = current_storage()
-        if self.vis_period <= 0 or storage is None or storage.iter % self.vis_period:
+        if self.vis_period <= 0 or storage is None or storage.iter % self.vis_period or not comm.is_main_process():
             return
         if self.view is not None:
             log_first_n(

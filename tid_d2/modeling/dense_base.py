@@ -113,6 +113,7 @@ class AnchorPointDetector(DistillableDetector, DenseDetector):
 
     #: names of the head outputs, in the order the head returns them
     pred_names: Tuple[str, ...] = ("cls", "reg")
+    gives_pos_thresholds = True  # the ATSS assigner's per-GT thresholds
 
     def __init__(
         self,

@@ -46,6 +46,8 @@ class DistillableDetector(abc.ABC):
 
     #: whether DenseOutputs.box_logits holds GFL-style box-side distributions
     has_box_distributions: bool = False
+    #: whether DenseOutputs.pos_thresholds holds per-GT positive IoU thresholds (an IoU-based assigner)
+    gives_pos_thresholds: bool = False
     #: channel order of input images ("BGR" or "RGB"); detectors set it from INPUT.FORMAT
     input_format: str = "BGR"
 
