@@ -1,7 +1,7 @@
 """`DenseTowerHead`: the shared GN conv-tower head of GFL and ATSS; `tower_blocks`: a conv tower as its
 conv (+ norm) + activation blocks, for methods that read or reuse a head from inside its towers."""
 import math
-from typing import List
+from typing import List, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -95,15 +95,22 @@ class DenseTowerHead(nn.Module):
         }
 
     def forward(self, features: List[Tensor]):
-        return self.predict([self.cls_subnet(x) for x in features], [self.bbox_subnet(x) for x in features])
+        # level by level, the regression tower first: the order (and so the float sums of the shared
+        # towers' gradients) of the head before it was split into towers and `predict`
+        return self._predict([(self.bbox_subnet(x), self.cls_subnet(x)) for x in features])
 
     def predict(self, cls_feats: List[Tensor], box_feats: List[Tensor]):
         """The predictors on the towers' outputs (L x [N, C, H, W] each): per level cls logits,
         scaled regression and (with centerness) centerness logits, as `forward` returns them."""
-        if len(cls_feats) != len(self.scales):
-            raise ValueError(f"head built for {len(self.scales)} levels, got {len(cls_feats)}")
-        logits = [self.cls_score(x) for x in cls_feats]
-        regs = [scale(self.bbox_pred(x)) for x, scale in zip(box_feats, self.scales)]
-        if self.centerness is None:
-            return logits, regs
-        return logits, regs, [self.centerness(x) for x in box_feats]
+        return self._predict(list(zip(box_feats, cls_feats)))
+
+    def _predict(self, towers: List[Tuple[Tensor, Tensor]]):
+        if len(towers) != len(self.scales):
+            raise ValueError(f"head built for {len(self.scales)} levels, got {len(towers)}")
+        logits, regs, ctrs = [], [], []
+        for (box_feat, cls_feat), scale in zip(towers, self.scales):
+            logits.append(self.cls_score(cls_feat))
+            regs.append(scale(self.bbox_pred(box_feat)))
+            if self.centerness is not None:
+                ctrs.append(self.centerness(box_feat))
+        return (logits, regs, ctrs) if self.centerness is not None else (logits, regs)
