@@ -1,22 +1,14 @@
 """tools/tid_loss_scales.py: TID's per-area loss scales of both SFDM readings on a few batches."""
-import importlib.util
 import os
 
 import pytest
 
 from conftest import REPO, tiny_run_opts
-
-
-def load_tool():
-    path = os.path.join(REPO, "tools", "tid_loss_scales.py")
-    spec = importlib.util.spec_from_file_location("tid_loss_scales", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from test_tools_vis import load_tool
 
 
 def test_scales_of_both_readings(teachers, tiny_shapes, capsys):
-    tool = load_tool()
+    tool = load_tool("tid_loss_scales")
     config = os.path.join(REPO, "configs", "quickstart", "TID-GFL.yaml")
     opts = tiny_run_opts() + ["MODEL.TEACHER.WEIGHTS", teachers["GFL-teacher"], "MODEL.DEVICE", "cpu"]
     out = tool.main(["--config-file", config, "--batches", "2", *opts])
