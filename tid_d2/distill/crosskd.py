@@ -119,8 +119,9 @@ class CROSSKD(AdaptedDistiller):
 
     @classmethod
     def from_config(cls, cfg, layout: DistillLayout):
-        """The adapter maps the student's tensor at the reuse point (a tower block's output, or the FPN
-        features for REUSE_BLOCK 0) to the teacher's channels; both branches share it."""
+        """Resolves REUSE_BLOCK against the layout's tower depth (-1: the teacher's last block) and builds
+        the adapters from the student's to the teacher's channels at the reuse point: one per tower
+        inside the towers, one shared by both branches on the FPN features (REUSE_BLOCK 0)."""
         args = super(AdaptedDistiller, cls).from_config(cfg, layout)
         blocks = min(layout.teacher_tower_blocks, layout.student_tower_blocks)
         k = args["reuse_block"]
