@@ -18,6 +18,8 @@ def test_every_registered_method_has_main_weights_that_exist():
     for method in registered_methods():
         keys = main_weights(method)
         assert keys and all(k.startswith(f"MODEL.DISTILL.{method.upper()}.") for k in keys)
+    with pytest.raises(KeyError, match=r"tuning names unknown methods \['nope'\]"):
+        main_weights("nope")
         for key in keys:
             node = cfg
             for part in key.split("."):

@@ -110,14 +110,18 @@ def add_tid_config(cfg: CN) -> CN:
             raise TypeError(f"distiller {name}: its name is a shared MODEL.DISTILL key {sorted(shared)}")
         _C.MODEL.DISTILL[name.upper()] = method.default_node()
     # MODEL.TID moved under MODEL.DISTILL with every other method: an old key names its new place.
-    renamed = {f"MODEL.TID.{k}": f"MODEL.DISTILL.TID.{k}" for k in _C.MODEL.DISTILL.TID}
-    renamed.update({"MODEL.TID": "MODEL.DISTILL.TID", "MODEL.TID.MIN_POS_THRESH": "MODEL.DISTILL.TID.POS_THRESH"})
+    renamed = {"MODEL.TID": "MODEL.DISTILL.TID"}
+    renamed.update({f"MODEL.TID.{k}": f"MODEL.DISTILL.TID.{k}" for k in _C.MODEL.DISTILL.TID})
     # one key is now the loosest positive IoU of both threshold modes (fixed value and assigner floor)
-    renamed["MODEL.DISTILL.TID.MIN_POS_THRESH"] = "MODEL.DISTILL.TID.POS_THRESH"
-    for old, new in renamed.items():
+    merged = {
+        "MODEL.TID.MIN_POS_THRESH": "MODEL.DISTILL.TID.POS_THRESH",
+        "MODEL.DISTILL.TID.MIN_POS_THRESH": "MODEL.DISTILL.TID.POS_THRESH",
+    }
+    for old, new in {**renamed, **merged}.items():
         if not _C.key_is_renamed(old):
-            _C.register_renamed_key(old, new, "POS_THRESH is also the floor of assigner mode" if "MIN" in old else None)
+            note = "POS_THRESH is also the floor of assigner mode" if old in merged else None
+            _C.register_renamed_key(old, new, note)
     # FGD's level count comes from the built detectors now (DistillLayout): an old key is ignored.
-    if not _C.key_is_deprecated("MODEL.DISTILL.FGD.NUM_LEVELS"):
+    if "MODEL.DISTILL.FGD.NUM_LEVELS" not in _C.__dict__[CN.DEPRECATED_KEYS]:  # key_is_deprecated would warn
         _C.register_deprecated_key("MODEL.DISTILL.FGD.NUM_LEVELS")
     return cfg

@@ -9,7 +9,7 @@ from typing import List, Mapping, Sequence, Tuple
 
 from detectron2.config import CfgNode
 
-from ..distill.base import registered_methods
+from ..distill.base import lookup_methods
 from .accuracy import MethodSpec
 
 __all__ = ["DEFAULT_GRID", "grid_specs", "main_weights", "pick_factor"]
@@ -20,10 +20,7 @@ DEFAULT_GRID = (0.5, 1.0, 2.0)
 def main_weights(method: str) -> Tuple[str, ...]:
     """The config keys of a registered method's main loss weights (its `Distiller.main_weights`),
     scaled together by the tuning factor. A method that declares none is a KeyError."""
-    known = registered_methods()
-    if method.lower() not in known:
-        raise KeyError(f"tuning: unknown method '{method}'; known: {sorted(known)}")
-    cls = known[method.lower()]
+    (cls,) = lookup_methods([method], "tuning")
     if not cls.main_weights:
         raise KeyError(f"{method} declares no main loss weights (Distiller.main_weights): it cannot be tuned")
     return tuple(f"MODEL.DISTILL.{cls.__name__.upper()}.{key}" for key in cls.main_weights)

@@ -1,6 +1,8 @@
 """`build_adapter`: phi, a 1x1 conv from student to teacher feature channels (for any distiller), and
-`AdaptedDistiller` / `AdaptedFeatureDistiller`, the bases of methods on adapted features (the latter
-with one loss weight)."""
+`build_tower_adapters` (one per head tower); `AdaptedDistiller` / `AdaptedFeatureDistiller`, the bases
+of methods on adapted features (the latter with one loss weight)."""
+
+from typing import Tuple
 
 import torch
 from detectron2.config import configurable
@@ -9,7 +11,7 @@ from torch import nn
 from ..structures import DistillLayout
 from .base import Distiller, check_loss_weights
 
-__all__ = ["ADAPTER_MODES", "AdaptedDistiller", "AdaptedFeatureDistiller", "build_adapter"]
+__all__ = ["ADAPTER_MODES", "AdaptedDistiller", "AdaptedFeatureDistiller", "build_adapter", "build_tower_adapters"]
 
 #: values of MODEL.DISTILL.ADAPTER
 ADAPTER_MODES = ("auto", "always", "none")
@@ -47,6 +49,21 @@ def build_adapter(cfg_mode: str, student_channels: int, teacher_channels: int) -
             conv.weight.copy_(torch.eye(teacher_channels).view(teacher_channels, -1, 1, 1))
             conv.bias.zero_()
     return conv
+
+
+def build_tower_adapters(cfg_mode: str, layout: DistillLayout, who: str, remedy: str) -> Tuple[nn.Module, nn.Module]:
+    """
+    phi for each head tower (classification, regression), from the student's to the teacher's tower
+    channels (`build_adapter`), for methods that read the towers; a ValueError naming `who` and the
+    `remedy` when a model's head has no conv towers.
+    """
+    if not layout.teacher_tower_channels or not layout.student_tower_channels:
+        raise ValueError(
+            f"{who} reads the head towers, but this teacher or student head has none (cls_subnet / "
+            f"bbox_subnet); {remedy}"
+        )
+    s, t = layout.student_tower_channels, layout.teacher_tower_channels
+    return build_adapter(cfg_mode, s, t), build_adapter(cfg_mode, s, t)
 
 
 class AdaptedDistiller(Distiller):

@@ -29,6 +29,7 @@ __all__ = [
     "current_storage",
     "distillers_builder",
     "distill_node",
+    "lookup_methods",
     "registered_methods",
     "warmup_factor",
 ]
@@ -180,11 +181,8 @@ class Distiller(nn.Module):
 
     def attach(self, teacher: nn.Module, student: nn.Module) -> None:
         """Called once by `TeacherStudent` with its frozen teacher and its student (both
-        `DistillableDetector`s). Default: nothing; a method that runs parts of their heads (CrossKD,
-        PGD on head towers) keeps them, without registering them as submodules (`keep_models`)."""
-
-    def keep_models(self, teacher: nn.Module, student: nn.Module) -> None:
-        """Keep both detectors as plain attributes `_teacher`, `_student`: never trained, saved or
+        `DistillableDetector`s), for methods that run parts of their heads (CrossKD, PGD on head
+        towers; `models`). Kept as plain attributes `_teacher`, `_student`: never trained, saved or
         moved by this module (the student is the TeacherStudent's, the teacher frozen)."""
         object.__setattr__(self, "_teacher", teacher)
         object.__setattr__(self, "_student", student)
@@ -228,7 +226,8 @@ def registered_methods() -> Dict[str, type]:
     return {name.lower(): cls for name, cls in DISTILLER_REGISTRY}
 
 
-def _lookup(names: Sequence[str], key: str) -> List[type]:
+def lookup_methods(names: Sequence[str], key: str) -> List[type]:
+    """The registered classes of `names` (case-insensitive); a KeyError naming `key` and the known ones."""
     known = registered_methods()
     unknown = [str(m).lower() for m in names if str(m).lower() not in known]
     if unknown:
@@ -252,7 +251,7 @@ def build_distillers(distill: CfgNode, layout: DistillLayout) -> nn.ModuleDict:
     the two detectors, by lower-case name.
     """
     out = nn.ModuleDict()
-    for cls in _lookup(distill.METHODS, "MODEL.DISTILL.METHODS"):
+    for cls in lookup_methods(distill.METHODS, "MODEL.DISTILL.METHODS"):
         check_applicable(cls, layout)
         if cls.name in out:
             raise ValueError(f"MODEL.DISTILL.METHODS names '{cls.name}' twice")
@@ -273,7 +272,7 @@ def distill_node(
     from detectron2.config import get_cfg
 
     distill = add_tid_config(get_cfg()).MODEL.DISTILL
-    classes = _lookup(methods, f"{caller}(methods=...)")
+    classes = lookup_methods(methods, f"{caller}(methods=...)")
     distill.METHODS = [cls.__name__ for cls in classes]
     per_method = {cls.name: cls for cls in classes}
     for key, value in overrides.items():

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from torchvision.ops import generalized_box_iou_loss
 
 from ..structures import DenseOutputs, DistillLayout
-from .adapters import AdaptedDistiller, build_adapter
+from .adapters import AdaptedDistiller, build_adapter, build_tower_adapters
 from .base import DISTILLER_REGISTRY, check_loss_weights
 from .helpers import feature_pairs
 from .ld import side_kl
@@ -135,12 +135,10 @@ class CROSSKD(AdaptedDistiller):
         if k == 0:
             adapter = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
             return {**args, "reuse_block": 0, "adapter": adapter, "reg_adapter": None}
-        s, t = layout.student_tower_channels, layout.teacher_tower_channels
-        adapters = {"adapter": build_adapter(cfg.ADAPTER, s, t), "reg_adapter": build_adapter(cfg.ADAPTER, s, t)}
-        return {**args, "reuse_block": k, **adapters}
-
-    def attach(self, teacher, student) -> None:
-        self.keep_models(teacher, student)
+        adapter, reg_adapter = build_tower_adapters(
+            cfg.ADAPTER, layout, f"MODEL.DISTILL.CROSSKD.REUSE_BLOCK {args['reuse_block']}", "set REUSE_BLOCK 0"
+        )
+        return {**args, "reuse_block": k, "adapter": adapter, "reg_adapter": reg_adapter}
 
     def cross_head(self, teacher: DenseOutputs, student: DenseOutputs) -> DenseOutputs:
         """The teacher's head from REUSE_BLOCK on, fed the student's aligned tensors at that point

@@ -17,7 +17,7 @@ from detectron2.structures import Instances
 from torch import Tensor, nn
 
 from ..structures import DenseOutputs, DistillLayout, batched_iou
-from .adapters import AdaptedDistiller, build_adapter
+from .adapters import AdaptedDistiller, build_adapter, build_tower_adapters
 from .base import DISTILLER_REGISTRY, check_loss_weights
 from .helpers import feature_pairs, normalize_feature_pairs, pad_targets
 
@@ -192,21 +192,12 @@ class PGD(AdaptedDistiller):
     def from_config(cls, cfg, layout: DistillLayout):
         args = {**super(AdaptedDistiller, cls).from_config(cfg, layout), "num_levels": layout.num_levels}
         if args["features"] == "fpn":
-            args["adapter"] = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
-            args["reg_adapter"] = None
-            return args
-        if not layout.teacher_tower_channels or not layout.student_tower_channels:
-            raise ValueError(
-                "MODEL.DISTILL.PGD.FEATURES 'head' imitates the head towers, but this teacher or "
-                "student head has none (cls_subnet / bbox_subnet); use FEATURES 'fpn'"
-            )
-        s, t = layout.student_tower_channels, layout.teacher_tower_channels
-        args["adapter"] = build_adapter(cfg.ADAPTER, s, t)
-        args["reg_adapter"] = build_adapter(cfg.ADAPTER, s, t)
-        return args
-
-    def attach(self, teacher, student) -> None:
-        self.keep_models(teacher, student)
+            adapter = build_adapter(cfg.ADAPTER, layout.student_channels, layout.teacher_channels)
+            return {**args, "adapter": adapter, "reg_adapter": None}
+        adapter, reg_adapter = build_tower_adapters(
+            cfg.ADAPTER, layout, "MODEL.DISTILL.PGD.FEATURES 'head'", "use FEATURES 'fpn'"
+        )
+        return {**args, "adapter": adapter, "reg_adapter": reg_adapter}
 
     def feature_pairs(
         self, teacher: DenseOutputs, student: DenseOutputs

@@ -117,22 +117,23 @@ class DistillableDetector(abc.ABC):
             )
         return tower_blocks(cls), tower_blocks(reg)
 
+    def _cls_tower_blocks(self) -> List[nn.Module]:
+        """The classification tower's blocks, or none when the head has no conv towers."""
+        try:
+            return self.head_tower_blocks()[0]
+        except TypeError:
+            return []
+
     @property
     def tower_channels(self) -> int:
         """Output channels of the head towers' first block (0 when the head has no conv towers)."""
-        try:
-            cls, _ = self.head_tower_blocks()
-        except TypeError:
-            return 0
-        return cls[0][0].out_channels if cls else 0
+        blocks = self._cls_tower_blocks()
+        return blocks[0][0].out_channels if blocks else 0
 
     @property
     def tower_blocks(self) -> int:
         """Blocks in each head tower (0 when the head has no conv towers)."""
-        try:
-            return len(self.head_tower_blocks()[0])
-        except TypeError:
-            return 0
+        return len(self._cls_tower_blocks())
 
     def head_towers(
         self, features: List[Tensor], blocks: int, activation: bool = True
@@ -146,9 +147,9 @@ class DistillableDetector(abc.ABC):
         for tower in self.head_tower_blocks():
             if not 1 <= blocks <= len(tower):
                 raise ValueError(f"the head's towers have {len(tower)} blocks, asked for {blocks}")
-            head, last = tower[: blocks - 1], tower[blocks - 1]
-            last = last if activation else last[:-1]
-            out.append([last(nn.Sequential(*head)(x)) for x in features])
+            last = tower[blocks - 1] if activation else tower[blocks - 1][:-1]
+            upto = nn.Sequential(*tower[: blocks - 1], last)
+            out.append([upto(x) for x in features])
         return out[0], out[1]
 
     def head_outputs_from_towers(
