@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -90,6 +91,42 @@ def test_coco_json_valid(dataset):
     assert len(set(ids)) == len(ids) and min(ids) == 1
 
 
+def test_instance_masks_are_exact_and_fit_their_boxes(dataset):
+    """Each object's mask (COCO RLE) is its whole drawn shape: its bounding box is the object's box,
+    holes stay holes (rings), and its pixels carry the object's paint where nothing covers them."""
+    from pycocotools import mask as mask_util
+
+    coco, json_file, image_root = dataset
+    images = {im["id"]: im for im in coco["images"]}
+    ring = next(c["id"] for c in coco["categories"] if c["name"] == "ring")
+    fill = {}
+    for ann in coco["annotations"]:
+        im = images[ann["image_id"]]
+        m = mask_util.decode(dict(ann["segmentation"], counts=ann["segmentation"]["counts"].encode()))
+        assert m.shape == (im["height"], im["width"])
+        ys, xs = m.nonzero()
+        x, y, w, h = ann["bbox"]
+        assert [xs.min(), ys.min(), xs.max() - xs.min() + 1, ys.max() - ys.min() + 1] == [x, y, w, h]
+        fill.setdefault(ann["category_id"], []).append(m.sum() / (w * h))
+    assert max(fill[ring]) < 0.75  # a disc fills pi/4 of its box; a ring less
+    assert all(0.3 < np.mean(v) <= 1.0 for v in fill.values())
+
+
+def test_masks_reach_mask_rcnn_as_bitmasks(dataset):
+    from detectron2.data import DatasetMapper
+    from detectron2.config import get_cfg
+
+    _, json_file, image_root = dataset
+    cfg = get_cfg()
+    cfg.INPUT.MASK_FORMAT, cfg.MODEL.MASK_ON, cfg.INPUT.RANDOM_FLIP = "bitmask", True, "none"
+    cfg.INPUT.MIN_SIZE_TRAIN = (0,)  # no resize
+    d = next(d for d in load_coco_json(json_file, image_root) if d["annotations"])
+    inst = DatasetMapper(cfg, is_train=True)(d)["instances"]
+    boxes = inst.gt_masks.get_bounding_boxes().tensor
+    assert len(inst) == len(d["annotations"]) and inst.gt_masks.tensor.any(dim=(1, 2)).all()
+    assert torch.equal(boxes, inst.gt_boxes.tensor)
+
+
 def test_classes_and_supercategories(dataset):
     coco = dataset[0]
     cats = coco["categories"]
@@ -120,7 +157,7 @@ def test_difficulty_knob():
         vis, noise = [], []
         for i in range(12):
             img, objects = shapes.render_image(0, "val", i, difficulty)
-            vis += [v for *_, v in objects]
+            vis += [v for _, _, v, _ in objects]
             noise.append(np.abs(np.diff(img.astype(np.float32), axis=1)).mean())
         return np.array(vis), np.mean(noise)
 

@@ -36,7 +36,8 @@ def add_tid_config(cfg: CN) -> CN:
     _C = cfg
 
     # --- Backbones ---------------------------------------------------------------------------
-    # P6/P7 built from P5 (as GFL/ATSS/FCOS do) when TOP_BLOCK_IN == "p5", from C5 when "res5".
+    # P6/P7 built from P5 (as GFL/ATSS/FCOS do) when TOP_BLOCK_IN == "p5", from C5 when "res5"; "maxpool":
+    # P6 max-pooled from P5 only (the R-CNN layout, with IN_FEATURES res2-res5: P2-P6).
     _C.MODEL.FPN.TOP_BLOCK_IN = "p5"
     # ReLU on P6 before the P7 conv (Detectron2's LastLevelP6P7); False: P7 = conv(P6), as
     # mmdetection's FPN (relu_before_extra_convs=False) and so its GFL/ATSS checkpoints compute.

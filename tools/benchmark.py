@@ -59,7 +59,7 @@ from tid_d2.benchmark import (
     train_and_evaluate,
     write_results,
 )
-from tid_d2.benchmark.accuracy import ARCHS, MethodSpec, config_file
+from tid_d2.benchmark.accuracy import ARCHS, DENSE_ARCHS, MethodSpec, config_file
 from tid_d2.benchmark.tuning import DEFAULT_GRID, grid_specs, pick_factor
 from tid_d2.config import add_tid_config
 from tid_d2.benchmark.stability import (
@@ -138,7 +138,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="teacher iterations (default %(default)s)")
     g.add_argument("--batches", nargs="+", type=int, default=list(DEFAULT_BATCHES),
                    help="student SOLVER.IMS_PER_BATCH (default %(default)s)")
-    g.add_argument("--archs", nargs="+", choices=ARCHS, default=list(ARCHS),
+    g.add_argument("--archs", nargs="+", choices=ARCHS, default=list(DENSE_ARCHS),
                    help="detectors (default %(default)s; --arch is ignored)")
     g = p.add_argument_group("tuning protocol (--tune: the same weight search for every method)")
     g.add_argument("--tune", action="store_true",

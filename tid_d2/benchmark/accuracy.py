@@ -40,7 +40,12 @@ __all__ = [
 ]
 
 PROJECT_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-ARCHS = ("GFL", "ATSS", "FCOS")
+#: dense detectors, and two-stage ones (Detectron2's Faster / Mask R-CNN made distillable)
+DENSE_ARCHS = ("GFL", "ATSS", "FCOS")
+TWO_STAGE_ARCHS = ("FasterRCNN", "MaskRCNN")
+ARCHS = DENSE_ARCHS + TWO_STAGE_ARCHS
+#: --arch -> its META_ARCHITECTURE, where the two differ
+_META_ARCHS = {"FasterRCNN": "DistillableRCNN", "MaskRCNN": "DistillableRCNN"}
 
 
 #: the order of the built-in methods in the benchmark's runs and tables (TID, then the peers)
@@ -85,8 +90,14 @@ _CONFIG_FILES = {
     ("quickstart", "GFL"): ("quickstart/GFL-teacher", "quickstart/GFL-student", "quickstart/TID-GFL"),
     ("quickstart", "ATSS"): ("quickstart/ATSS-teacher", "quickstart/ATSS-student", "quickstart/TID-ATSS"),
     ("quickstart", "FCOS"): ("quickstart/FCOS-teacher", "quickstart/FCOS-student", "quickstart/TID-FCOS"),
+    ("quickstart", "FasterRCNN"): ("quickstart/FasterRCNN-teacher", "quickstart/FasterRCNN-student",
+                                   "quickstart/TID-FasterRCNN"),
+    ("quickstart", "MaskRCNN"): ("quickstart/MaskRCNN-teacher", "quickstart/MaskRCNN-student",
+                                 "quickstart/TID-MaskRCNN"),
     ("realistic", "GFL"): ("GFL-R101-2x-ms", "GFL-R50-1x", "TID-R50"),
     ("realistic", "ATSS"): ("ATSS-R101-1x", "ATSS-R50-1x", "TID-ATSS-R50"),
+    ("realistic", "FasterRCNN"): ("FasterRCNN-R101-FPN-3x", "FasterRCNN-R50-FPN-1x", "TID-FasterRCNN-R101-R50"),
+    ("realistic", "MaskRCNN"): ("MaskRCNN-R101-FPN-3x", "MaskRCNN-R50-FPN-1x", "TID-MaskRCNN-R101-R50"),
 }
 _ROLES = ("teacher", "student", "distill")
 
@@ -175,11 +186,15 @@ def expand_ablations(names: Sequence[str]) -> List[str]:
 
 def not_applicable_reason(spec: MethodSpec, arch: str) -> Optional[str]:
     """Why `spec` cannot distill `arch` detectors (e.g. LD needs GFL box distributions), or None."""
-    detector = META_ARCH_REGISTRY.get(arch)
+    detector = META_ARCH_REGISTRY.get(_META_ARCHS.get(arch, arch))
     needs = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_box_distributions]
     if needs and not getattr(detector, "has_box_distributions", False):
         return (f"{'+'.join(n.lower() for n in needs)} distills GFL box-side distributions; "
                 f"{arch} predicts none")
+    dense = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_dense_class_head]
+    if dense and not getattr(detector, "has_dense_class_head", True):
+        return (f"{'+'.join(n.lower() for n in dense)} needs a dense classification head; {arch}'s dense "
+                "head is its class-agnostic RPN")
     opts = dict(zip(spec.opts[::2], spec.opts[1::2]))
     no_floor = "MODEL.DISTILL.TID.POS_THRESH" in opts and float(opts["MODEL.DISTILL.TID.POS_THRESH"]) == 0
     if no_floor and opts.get("MODEL.DISTILL.TID.THRESHOLD_MODE", "assigner") != "fixed" and not getattr(
@@ -307,6 +322,16 @@ def config_hash(cfg: CfgNode, extra: str = "") -> str:
     return hashlib.sha1((c.dump() + extra).encode()).hexdigest()[:16]
 
 
+def mask_ap(results: Dict) -> Optional[float]:
+    """COCOEvaluator's segm AP (Mask R-CNN) from `TIDTrainer.test` results, or None without masks."""
+    if "segm" not in results and len(results) == 1:
+        results = next(iter(results.values()))
+    if not isinstance(results.get("segm"), dict):
+        return None
+    ap = float(results["segm"].get("AP", float("nan")))
+    return 0.0 if math.isnan(ap) else ap
+
+
 def bbox_metrics(results: Dict) -> Dict[str, Optional[float]]:
     """
     COCOEvaluator's bbox metrics from `TIDTrainer.test` results ({"bbox": {...}}, or one such dict
@@ -382,6 +407,9 @@ def train_and_evaluate(
         trainer.train()
         results = getattr(trainer, "_last_eval_results", None) or TIDTrainer.test(cfg, trainer.model)
         out = {"config_hash": key, "bbox": bbox_metrics(results)}
+        segm = mask_ap(results)
+        if segm is not None:
+            out["bbox"]["mask_AP"] = segm
     except (FloatingPointError, AssertionError) as e:
         if not _is_divergence(e):
             raise

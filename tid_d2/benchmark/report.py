@@ -25,6 +25,8 @@ __all__ = [
 ]
 
 METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")
+#: metrics only some detectors give (Mask R-CNN's mask AP): aggregated and shown where present
+OPTIONAL_METRICS = ("mask_AP",)
 RATIOS = ("step_time_ratio", "step_time_ratio_vs_student", "peak_mem_ratio",
           "peak_mem_ratio_vs_student", "loss_time_frac")
 REQUIRED_METHOD_KEYS = ("AP", "AP_std", "AP50", "AP75", "step_time_ratio", "peak_mem_ratio", "loss_time_frac")
@@ -52,11 +54,12 @@ def aggregate_seeds(per_seed: Mapping[int, Mapping[str, Optional[float]]]) -> Di
     the statistics are over the other seeds.
     """
     out = {}
-    for m in METRICS:
+    metrics = METRICS + tuple(m for m in OPTIONAL_METRICS if any(m in r for r in per_seed.values()))
+    for m in metrics:
         out[m], out[f"{m}_std"] = mean_std(r.get(m) for r in per_seed.values())
     seeds = sorted(per_seed)
     out["seeds"] = seeds
-    out["per_seed"] = {str(s): {m: per_seed[s].get(m) for m in METRICS} for s in seeds}
+    out["per_seed"] = {str(s): {m: per_seed[s].get(m) for m in metrics} for s in seeds}
     out["diverged_seeds"] = [s for s in seeds if per_seed[s].get("diverged")]
     return out
 
@@ -227,21 +230,23 @@ def _accuracy_section(results: Mapping) -> List[str]:
     def per_seed(entry):
         return " / ".join(_num(r.get("AP")) for r in entry.get("per_seed", {}).values())
 
-    rows = [["teacher"] + [_num(teacher.get(m)) for m in METRICS] + ["", ""] + [""] * len(extra) + [""],
-            ["baseline (student)"] + [_pm(base, m) for m in METRICS] + ["", ""] + [""] * len(extra)
+    entries = [teacher, base, *results["methods"].values()]
+    metrics = METRICS + tuple(k for k in OPTIONAL_METRICS if any(_finite(e.get(k)) for e in entries))
+    rows = [["teacher"] + [_num(teacher.get(m)) for m in metrics] + ["", ""] + [""] * len(extra) + [""],
+            ["baseline (student)"] + [_pm(base, m) for m in metrics] + ["", ""] + [""] * len(extra)
             + [per_seed(base)]]
     for name, m in results["methods"].items():
         delta = {k: m.get(k) for k in ("delta_AP", "delta_AP_std", "seeds")}
         vs_ref = {"d": m.get("delta_AP_vs_ref"), "d_std": m.get("delta_AP_vs_ref_std"), "seeds": m.get("seeds")}
         gap = m.get("gap_closed")
-        rows.append([name] + [_pm(m, k) for k in METRICS]
+        rows.append([name] + [_pm(m, k) for k in metrics]
                     + [_pm(delta, "delta_AP", signed=True), f"{100 * gap:.0f}%" if _finite(gap) else "–"]
                     + ([_pm(vs_ref, "d", signed=True) if name != ref else ""] if ref else []) + [per_seed(m)])
     vs = f"; ΔAP vs {ref} the same, paired with {ref}'s seeds" if ref else ""
     return ["## Accuracy (COCO bbox AP)", "",
             "mean ± sample std over seeds; ΔAP vs the baseline student (± std of the per-seed paired "
             f"differences){vs}; gap closed = (AP − AP_base) / (AP_teacher − AP_base); AP per seed.",
-            ""] + _table(["method", *METRICS, "ΔAP", "gap closed", *extra, "AP per seed"], rows) + [""]
+            ""] + _table(["method", *metrics, "ΔAP", "gap closed", *extra, "AP per seed"], rows) + [""]
 
 
 def _cost_row(name: str, c: Mapping, floor: Mapping, student: Mapping) -> List[str]:

@@ -38,6 +38,7 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 from iopath.common.file_io import file_lock
+from pycocotools import mask as mask_util
 from tqdm import tqdm
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
@@ -59,7 +60,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-VERSION = 1  # bump whenever the drawing changes: existing data is then regenerated
+VERSION = 2  # bump whenever the drawing or the annotations change: existing data is then regenerated
+# (2: instance masks added; images and boxes unchanged)
 #: without a terminal, generation logs one line every this many percent of the images.
 GENERATION_LINE_PERCENT = 10
 DEFAULT_SEED = 0
@@ -386,8 +388,9 @@ def _min_visible(difficulty: float) -> float:
 def _place_objects(img: np.ndarray, rng: np.random.Generator, difficulty: float):
     """Draw the objects in order, later ones on top, rejecting placements that hide too much.
 
-    Returns [(class index, (x, y, w, h))], the owner map (h, w) int32 (0: no object, i: the i-th
-    object), and per object (index 0 unused) its visible and total pixel counts, each (n + 1,).
+    Returns [(class index, (x, y, w, h), COCO RLE of the whole shape)], the owner map (h, w) int32
+    (0: no object, i: the i-th object), and per object (index 0 unused) its visible and total pixel
+    counts, each (n + 1,).
     """
     h, w = img.shape[:2]
     min_side = min(h, w)
@@ -437,11 +440,17 @@ def _place_objects(img: np.ndarray, rng: np.random.Generator, difficulty: float)
             visible[k] = areas[k] = int(m.sum())
             visible[0] = 0
             _paint(img, mask, box, colour, rng)
-            objects.append((cls_idx, box))
+            objects.append((cls_idx, box, _rle(mask)))
             centers.append((center[0], center[1], radius))
             break
     n = len(objects) + 1
     return objects, owner, visible[:n], areas[:n]
+
+
+def _rle(mask: np.ndarray) -> Dict:
+    """COCO's compressed RLE of a uint8 (h, w) mask, JSON-ready."""
+    rle = mask_util.encode(np.asfortranarray(mask))
+    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
 
 
 def render_image(seed: int, split: str, index: int, difficulty: float = 1.0, sides=DEFAULT_SIDES):
@@ -450,7 +459,8 @@ def render_image(seed: int, split: str, index: int, difficulty: float = 1.0, sid
     Returns:
         image: (H, W, 3) uint8 RGB.
         objects: list of (class index into SHAPE_CLASSES, (x, y, w, h) full-object box in pixels,
-            visible fraction).
+            visible fraction, the full object's mask as COCO RLE). Box and mask are both of the
+            whole shape (amodal: occluders drawn later do not cut them), so the box is the mask's.
     """
     rng = _image_rng(seed, split, index)
     h, w = (int(v) for v in rng.integers(sides[0], sides[1] + 1, 2))
@@ -466,7 +476,7 @@ def render_image(seed: int, split: str, index: int, difficulty: float = 1.0, sid
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.4, 0.9))
     img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
     out = [
-        (c, box, float(visible[i + 1] / max(areas[i + 1], 1))) for i, (c, box) in enumerate(objects)
+        (c, box, float(visible[i + 1] / max(areas[i + 1], 1)), rle) for i, (c, box, rle) in enumerate(objects)
     ]
     return img, out
 
@@ -495,14 +505,15 @@ def _render_and_write(index: int, seed: int, split: str, difficulty: float, side
 def _coco_dict(records, objects_per_image, params: Dict) -> Dict:
     annotations = []
     for record, objects in zip(records, objects_per_image):
-        for cls_idx, (x, y, w, h), vis in objects:
+        for cls_idx, (x, y, w, h), vis, rle in objects:
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": record["id"],
                     "category_id": cls_idx + 1,
                     "bbox": [int(x), int(y), int(w), int(h)],
-                    "area": int(w) * int(h),
+                    "area": int(w) * int(h),  # the box's, as before masks (COCO's size ranges)
+                    "segmentation": rle,
                     "iscrowd": 0,
                     "visible": round(vis, 3),
                 }

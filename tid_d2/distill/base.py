@@ -80,6 +80,8 @@ class Distiller(nn.Module):
       and, lower-case, `name`), each `KEY: (default, "what it is")`;
     - `main_weights`: the keys of `config` the tuning protocol scales together;
     - `needs_box_distributions`: whether it needs GFL box distributions (checked at build time);
+    - `needs_dense_class_head`: whether it needs per-class dense predictions or the dense head's
+      class towers, which a two-stage detector's RPN does not have (checked at build time);
 
     and implements `losses`. `from_config` passes every key of `config` lower-case to the
     constructor with the `Distiller` arguments; a method that builds modules (adapters) from the
@@ -98,6 +100,7 @@ class Distiller(nn.Module):
     config: Mapping[str, Tuple[Any, str]] = {}
     main_weights: Tuple[str, ...] = ()
     needs_box_distributions: bool = False
+    needs_dense_class_head: bool = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -237,6 +240,12 @@ def lookup_methods(names: Sequence[str], key: str) -> List[type]:
 
 def check_applicable(method, layout: DistillLayout) -> None:
     """A ValueError when `method` (a Distiller class or instance) cannot distill this pair."""
+    if method.needs_dense_class_head and not layout.dense_class_head:
+        raise ValueError(
+            f"distillation method '{method.name}' needs a dense classification head (per-class scores "
+            "at every location, and the head's class towers) in teacher and student; a two-stage "
+            "detector's dense head is its class-agnostic RPN. Use fitnet, fgd, pkd, cwd or tid"
+        )
     if method.needs_box_distributions and not layout.box_distributions:
         raise ValueError(
             f"distillation method '{method.name}' needs GFL box distributions in teacher and student "

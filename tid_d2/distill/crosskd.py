@@ -74,6 +74,7 @@ class CROSSKD(AdaptedDistiller):
                         "3 of the published 4; 0: the aligned FPN features enter the teacher's whole head"),
     }
     main_weights = ("CLS_WEIGHT", "BOX_WEIGHT", "DIST_WEIGHT", "CTR_WEIGHT")
+    needs_dense_class_head = True
 
     @configurable
     def __init__(

@@ -69,6 +69,7 @@ class LD(Distiller):
     }
     main_weights = ("LOSS_WEIGHT", "VLR_WEIGHT")
     needs_box_distributions = True
+    needs_dense_class_head = True
 
     @configurable
     def __init__(

@@ -137,6 +137,7 @@ class PGD(AdaptedDistiller):
                      '"fpn": both imitate the FPN features'),
     }
     main_weights = ("ALPHA", "BETA", "GAMMA", "DELTA")
+    needs_dense_class_head = True
 
     @configurable
     def __init__(

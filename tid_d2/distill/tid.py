@@ -57,7 +57,8 @@ def diem_scores(
 
     Args:
         boxes: [N, A, 4] the model's decoded XYXY boxes.
-        cls_logits: [N, A, K] its class logits.
+        cls_logits: [N, A, K] its class logits (K = 1: a class-agnostic objectness, e.g. an RPN's,
+            whose prediction at an object is of the right class whatever the object's class).
         gt_boxes: [N, M, 4] XYXY GT boxes, padded; gt_classes: [N, M] int; gt_valid: [N, M] bool.
         thr_pos: [N, M] the positive IoU threshold of each GT (assigner mode: the detector's own
             per-GT threshold; fixed mode: one value everywhere). Padded entries are never used.
@@ -109,7 +110,8 @@ def diem_scores(
 
     max_logit, c_hat = cls_logits.max(dim=2)
     conf = max_logit.float().sigmoid()
-    right_class = c_hat == gt_classes.gather(1, k_idx)
+    # one logit (an RPN's objectness): class-agnostic, right for an object of any class
+    right_class = c_hat == gt_classes.gather(1, k_idx) if cls_logits.shape[2] > 1 else torch.ones_like(has_gt)
     score_obj = torch.where(right_class, torch.where(conf >= tau, hi, mid), lo)
     score_bg = torch.where(conf < tau_bg, hi, torch.where(conf < tau, mid, lo))
     score_c = torch.where(sees_object, score_obj, score_bg)

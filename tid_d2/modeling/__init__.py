@@ -4,6 +4,7 @@ from .atss import ATSS
 from .distillable import DistillableDetector
 from .fcos import FCOS
 from .gfl import GFL
+from .rcnn import DistillableRCNN
 from .retinanet import DistillableRetinaNet
 
-__all__ = ["ATSS", "DistillableDetector", "DistillableRetinaNet", "FCOS", "GFL"]
+__all__ = ["ATSS", "DistillableDetector", "DistillableRCNN", "DistillableRetinaNet", "FCOS", "GFL"]

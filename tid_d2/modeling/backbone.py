@@ -1,8 +1,9 @@
-"""FPN backbones for FCOS-family detectors: P3-P7 with P6/P7 from P5, and a tiny ResNet for CPU runs."""
+"""FPN backbones: P3-P7 with P6/P7 from P5 (FCOS family) or C5 (RetinaNet), P2-P6 with P6 max-pooled from
+P5 (R-CNN), and a tiny ResNet for CPU runs."""
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone import FPN, ResNet, build_resnet_backbone
-from detectron2.modeling.backbone.fpn import LastLevelP6P7
+from detectron2.modeling.backbone.fpn import LastLevelMaxPool, LastLevelP6P7
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem
 
 __all__ = [
@@ -27,8 +28,9 @@ class LastLevelP6P7NoReLU(LastLevelP6P7):
 
 
 def _fpn_with_p6p7(cfg, bottom_up) -> FPN:
-    """FPN on `MODEL.FPN.IN_FEATURES` plus P6/P7 from P5 (GFL/ATSS/FCOS) or from C5 (RetinaNet);
-    `MODEL.FPN.P7_RELU` False drops the ReLU between P6 and P7 (mmdetection's layout)."""
+    """FPN on `MODEL.FPN.IN_FEATURES` plus, by `MODEL.FPN.TOP_BLOCK_IN`, P6/P7 from P5 (GFL/ATSS/FCOS),
+    from C5 (RetinaNet), or P6 max-pooled from P5 ("maxpool": Detectron2's R-CNN FPN); `MODEL.FPN.P7_RELU`
+    False drops the ReLU between P6 and P7 (mmdetection's layout)."""
     out_channels = cfg.MODEL.FPN.OUT_CHANNELS
     top_in = cfg.MODEL.FPN.TOP_BLOCK_IN
     block = LastLevelP6P7 if cfg.MODEL.FPN.P7_RELU else LastLevelP6P7NoReLU
@@ -36,8 +38,10 @@ def _fpn_with_p6p7(cfg, bottom_up) -> FPN:
         top_block = block(out_channels, out_channels, in_feature="p5")
     elif top_in == "res5":
         top_block = block(bottom_up.output_shape()["res5"].channels, out_channels)
+    elif top_in == "maxpool":
+        top_block = LastLevelMaxPool()
     else:
-        raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN must be 'p5' or 'res5', got {top_in!r}")
+        raise ValueError(f"MODEL.FPN.TOP_BLOCK_IN must be 'p5', 'res5' or 'maxpool', got {top_in!r}")
     return FPN(
         bottom_up=bottom_up,
         in_features=cfg.MODEL.FPN.IN_FEATURES,
@@ -80,7 +84,7 @@ class TinyResNet(ResNet):
 
 @BACKBONE_REGISTRY.register()
 def build_tiny_resnet_fpn_backbone(cfg, input_shape: ShapeSpec):
-    """`TinyResNet` (MODEL.TINY_RESNET.*) + FPN P3-P7."""
+    """`TinyResNet` (MODEL.TINY_RESNET.*) + FPN (P3-P7, or P2-P6 with TOP_BLOCK_IN "maxpool")."""
     c = cfg.MODEL.TINY_RESNET
     bottom_up = TinyResNet(
         input_shape.channels,

@@ -5,7 +5,7 @@ A distiller sees a detector only through `DenseOutputs` and the members below. A
 distillable by mixing this class into a Detectron2 `DenseDetector` (it already provides
 `preprocess_image`, `backbone`, `head`, `head_in_features`, `forward_training`, `pixel_mean` and
 `pixel_std`) and implementing `dense_outputs_from_predictions`. See `retinanet.py` for a worked
-example on Detectron2's own RetinaNet.
+example on Detectron2's own RetinaNet, and `rcnn.py` for a two-stage detector (its RPN is the dense head).
 """
 import abc
 import contextlib
@@ -48,6 +48,9 @@ class DistillableDetector(abc.ABC):
     has_box_distributions: bool = False
     #: whether DenseOutputs.pos_thresholds holds per-GT positive IoU thresholds (an IoU-based assigner)
     gives_pos_thresholds: bool = False
+    #: whether DenseOutputs.cls_logits are per-class scores of the detector's classifier (False for a
+    #: two-stage detector, whose dense head is the class-agnostic RPN)
+    has_dense_class_head: bool = True
     #: channel order of input images ("BGR" or "RGB"); detectors set it from INPUT.FORMAT
     input_format: str = "BGR"
 
@@ -83,6 +86,11 @@ class DistillableDetector(abc.ABC):
     def anchor_offset(self) -> float:
         """Where a location's centre sits in its stride cell (0.0: the cell's corner)."""
         return float(self.anchor_generator.offset)
+
+    def inheritable_parts(self) -> Dict[str, nn.Module]:
+        """What MODEL.DISTILL.INHERIT may copy from a teacher: the neck (the backbone without its
+        `bottom_up` network, i.e. the FPN) and the head."""
+        return {"neck": self.backbone, "head": self.head}
 
     def gt_instances(self, batched_inputs: List[Dict]) -> List[Instances]:
         if "instances" not in batched_inputs[0]:

@@ -20,39 +20,10 @@ from detectron2.modeling.meta_arch.retinanet import RetinaNet
 from detectron2.structures import Instances
 
 from ..structures import DenseOutputs
+from .anchor_reduction import best_anchor_per_location, pick_anchor, square_anchor_index
 from .distillable import DistillableDetector, decode_level_boxes
 
 __all__ = ["DistillableRetinaNet", "best_anchor_per_location", "square_anchor_index"]
-
-
-def best_anchor_per_location(logits: Tensor, num_anchors: int) -> Tensor:
-    """
-    Index of each location's most confident anchor.
-
-    Args:
-        logits: [N, R*A, K] one level's class logits, location-major (Detectron2's order).
-    Returns:
-        [N, R, 1] int64 indices in [0, A).
-    """
-    n, ra, k = logits.shape
-    best = logits.detach().reshape(n, ra // num_anchors, num_anchors, k).max(dim=-1).values
-    return best.argmax(dim=-1, keepdim=True)
-
-
-def square_anchor_index(cell_anchors: Tensor) -> int:
-    """Of one level's cell anchors [A, 4], the most square one (the smallest if several)."""
-    w = cell_anchors[:, 2] - cell_anchors[:, 0]
-    h = cell_anchors[:, 3] - cell_anchors[:, 1]
-    skew = (h / w).log().abs()
-    area = torch.where(skew <= skew.min() + 1e-6, w * h, torch.full_like(w, float("inf")))
-    return int(area.argmin())
-
-
-def _pick(x: Tensor, index: Tensor, num_anchors: int) -> Tensor:
-    """Gather [N, R*A, D] -> [N, R, D] at anchors `index` [N, R, 1] (gradients flow to the pick)."""
-    n, ra, d = x.shape
-    x = x.reshape(n, ra // num_anchors, num_anchors, d)
-    return x.gather(2, index[..., None].expand(-1, -1, 1, d)).squeeze(2)
 
 
 @META_ARCH_REGISTRY.register()
@@ -94,8 +65,8 @@ class DistillableRetinaNet(DistillableDetector, RetinaNet):
             extras["pos_mask"] = fg.reshape(fg.shape[0], -1, a).any(dim=-1)
         return DenseOutputs(
             features=features,
-            cls_logits=[_pick(x, i, a) for x, i in zip(logits, picks)],
-            boxes=[_pick(b, i, a) for b, i in zip(boxes, picks)],
+            cls_logits=[pick_anchor(x, i, a) for x, i in zip(logits, picks)],
+            boxes=[pick_anchor(b, i, a) for b, i in zip(boxes, picks)],
             anchors=[x.tensor.reshape(-1, a, 4)[:, self.square_anchor] for x in anchors],
             strides=self.strides,
             image_sizes=list(image_sizes),

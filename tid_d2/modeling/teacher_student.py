@@ -88,14 +88,18 @@ def check_compatible(teacher: nn.Module, student: nn.Module) -> DistillLayout:
         student_tower_channels=getattr(student, "tower_channels", 0),
         teacher_tower_blocks=getattr(teacher, "tower_blocks", 0),
         student_tower_blocks=getattr(student, "tower_blocks", 0),
+        dense_class_head=bool(
+            getattr(teacher, "has_dense_class_head", True) and getattr(student, "has_dense_class_head", True)
+        ),
     )
 
 
 def _parts(model: nn.Module) -> Dict[str, Dict[str, torch.Tensor]]:
-    """The neck (the FPN: the backbone minus its `bottom_up` network) and the head of a detector, as
-    state dicts."""
-    neck = {k: v for k, v in model.backbone.state_dict().items() if not k.startswith("bottom_up.")}
-    return {"neck": neck, "head": model.head.state_dict()}
+    """The neck (the FPN: the backbone minus its `bottom_up` network) and the head of a detector
+    (`DistillableDetector.inheritable_parts`), as state dicts."""
+    parts = model.inheritable_parts()
+    neck = {k: v for k, v in parts["neck"].state_dict().items() if not k.startswith("bottom_up.")}
+    return {"neck": neck, "head": parts["head"].state_dict()}
 
 
 def inherit_from_teacher(student: nn.Module, teacher: nn.Module, mode: str) -> List[str]:
@@ -122,8 +126,7 @@ def inherit_from_teacher(student: nn.Module, teacher: nn.Module, mode: str) -> L
                 f"({len(bad)} tensors differ, e.g. {'; '.join(bad[:3])}). Inheriting needs the same "
                 "FPN OUT_CHANNELS, bottom-up output widths and head layout; use INHERIT none"
             )
-        module = student.head if part == "head" else student.backbone
-        module.load_state_dict(t_sd, strict=False)
+        student.inheritable_parts()[part].load_state_dict(t_sd, strict=False)
         logger.info("MODEL.DISTILL.INHERIT: the student starts from the teacher's %s (%d tensors)", part, len(t_sd))
     return list(INHERIT_MODES[mode])
 

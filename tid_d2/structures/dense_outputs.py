@@ -16,7 +16,8 @@ class DenseOutputs:
 
     Attributes:
         features: L x [N, C, Hl, Wl] FPN features fed to the head (what feature distillers imitate).
-        cls_logits: L x [N, Hl*Wl, K] raw classification logits (sigmoid gives class scores).
+        cls_logits: L x [N, Hl*Wl, K] raw classification logits (sigmoid gives class scores); K = 1 for
+            a class-agnostic dense head (a two-stage detector's RPN objectness).
         boxes: L x [N, Hl*Wl, 4] decoded boxes, XYXY in padded input-image pixels.
         anchors: L x [Hl*Wl, 4] XYXY anchors of each location (the square the assigner scores).
         strides: L ints, the stride of each level.
@@ -43,6 +44,7 @@ class DenseOutputs:
 
     @property
     def num_classes(self) -> int:
+        """Columns of cls_logits (1 for a class-agnostic head, whatever the detector's class count)."""
         return self.cls_logits[0].shape[-1]
 
     @property

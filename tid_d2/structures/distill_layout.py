@@ -22,6 +22,8 @@ class DistillLayout:
             model's head towers (0: a head without conv towers), for methods that read the towers.
         teacher_tower_blocks, student_tower_blocks: blocks (conv, norm, activation) in each model's
             head towers (0: none).
+        dense_class_head: whether both models predict per-class scores at every location (False when
+            either is a two-stage detector, whose dense head is its class-agnostic RPN).
     """
 
     teacher_channels: int
@@ -33,6 +35,7 @@ class DistillLayout:
     student_tower_channels: int = 0
     teacher_tower_blocks: int = 0
     student_tower_blocks: int = 0
+    dense_class_head: bool = True
 
     def __post_init__(self):
         object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
