@@ -187,14 +187,14 @@ def expand_ablations(names: Sequence[str]) -> List[str]:
 def not_applicable_reason(spec: MethodSpec, arch: str) -> Optional[str]:
     """Why `spec` cannot distill `arch` detectors (e.g. LD needs GFL box distributions), or None."""
     detector = META_ARCH_REGISTRY.get(_META_ARCHS.get(arch, arch))
-    needs = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_box_distributions]
-    if needs and not getattr(detector, "has_box_distributions", False):
-        return (f"{'+'.join(n.lower() for n in needs)} distills GFL box-side distributions; "
-                f"{arch} predicts none")
     dense = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_dense_class_head]
     if dense and not getattr(detector, "has_dense_class_head", True):
         return (f"{'+'.join(n.lower() for n in dense)} needs a dense classification head; {arch}'s dense "
                 "head is its class-agnostic RPN")
+    needs = [m for m in spec.methods if DISTILLER_REGISTRY.get(m).needs_box_distributions]
+    if needs and not getattr(detector, "has_box_distributions", False):
+        return (f"{'+'.join(n.lower() for n in needs)} distills GFL box-side distributions; "
+                f"{arch} predicts none")
     opts = dict(zip(spec.opts[::2], spec.opts[1::2]))
     no_floor = "MODEL.DISTILL.TID.POS_THRESH" in opts and float(opts["MODEL.DISTILL.TID.POS_THRESH"]) == 0
     if no_floor and opts.get("MODEL.DISTILL.TID.THRESHOLD_MODE", "assigner") != "fixed" and not getattr(

@@ -113,7 +113,8 @@ def create_ddp_model(model, **kwargs):
 
 
 def build_evaluator(dataset_name: str, output_dir: Optional[str] = None):
-    """COCOEvaluator for COCO-format datasets, PascalVOCDetectionEvaluator for VOC ones."""
+    """COCOEvaluator for COCO-format datasets (box AP, and mask AP when the model predicts masks: the
+    tasks follow the predictions), PascalVOCDetectionEvaluator for VOC ones."""
     kind = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
     if kind == "pascal_voc":
         return PascalVOCDetectionEvaluator(dataset_name)
@@ -125,7 +126,7 @@ def build_evaluator(dataset_name: str, output_dir: Optional[str] = None):
         fast = True
     except ImportError:
         fast = False
-    return COCOEvaluator(dataset_name, tasks=("bbox",), output_dir=output_dir, use_fast_impl=fast)
+    return COCOEvaluator(dataset_name, output_dir=output_dir, use_fast_impl=fast)
 
 
 def load_initial_weights(model, path: str, key: str) -> None:
@@ -160,9 +161,12 @@ def resume_or_load(checkpointer, weights: str, *, resume: bool, key: str) -> int
 
 def skip_batches(step_trainer, num_batches: int) -> None:
     """Draw (and drop) the first `num_batches` training batches, so that a resumed run sees the data
-    an uninterrupted one would (the sampler's order is a function of the seed)."""
+    an uninterrupted one would (the sampler's order is a function of the seed), then put back the
+    checkpoint's random state for the training step (`restore_rng`)."""
     start = time.perf_counter()
     data_iter = step_trainer._data_loader_iter
     for _ in range(num_batches):
         next(data_iter)
+    if hasattr(step_trainer, "restore_rng"):
+        step_trainer.restore_rng()
     logger.info(f"skipped {num_batches} consumed training batches in {time.perf_counter() - start:.1f} s")

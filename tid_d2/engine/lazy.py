@@ -8,8 +8,9 @@ import logging
 
 import torch
 
-from detectron2.config import get_cfg, instantiate
+from detectron2.config import CfgNode, get_cfg, instantiate
 from detectron2.engine import default_writers, hooks
+from detectron2.solver.build import maybe_add_gradient_clipping
 from detectron2.evaluation import inference_on_dataset, print_csv_format
 from detectron2.utils import comm
 from detectron2.utils.registry import locate
@@ -23,7 +24,10 @@ from .defaults import check_amp_device, create_ddp_model, resume_or_load, skip_b
 from .hooks import TeacherEvalHook, unwrap
 from .train_loop import build_step_trainer, gradient_norm_bound
 
-__all__ = ["build_lazy_eval_model", "build_lazy_trainer", "check_config", "do_test", "do_train", "resolve_device"]
+__all__ = [
+    "build_lazy_eval_model", "build_lazy_trainer", "check_config", "do_test", "do_train", "resolve_device",
+    "with_gradient_clipping",
+]
 
 logger = logging.getLogger("detectron2")
 
@@ -75,6 +79,20 @@ def _max_grad_norm(cfg, model):
     return gradient_norm_bound(value, "train.distill.max_grad_norm")
 
 
+def with_gradient_clipping(optimizer, clip_gradients=None):
+    """`optimizer` with Detectron2's gradient clipping (`maybe_add_gradient_clipping`) as
+    `train.clip_gradients` asks, the twin of SOLVER.CLIP_GRADIENTS: a dict of its keys in lower case
+    (clip_type, clip_value, norm_type); None or empty: unchanged."""
+    if not clip_gradients:
+        return optimizer
+    node = get_cfg().SOLVER.CLIP_GRADIENTS
+    unknown = set(clip_gradients) - {k.lower() for k in node if k != "ENABLED"}
+    if unknown:
+        raise KeyError(f"train.clip_gradients has unknown keys {sorted(unknown)}; known: clip_type, clip_value, norm_type")
+    cfg = CfgNode({"SOLVER": {"CLIP_GRADIENTS": dict(node, ENABLED=True, **{k.upper(): v for k, v in clip_gradients.items()})}})
+    return maybe_add_gradient_clipping(cfg, optimizer)
+
+
 def _dataset_names(loader_cfg):
     names = loader_cfg.get("dataset", {}).get("names", ())
     return [names] if isinstance(names, str) else list(names)
@@ -117,7 +135,7 @@ def build_lazy_trainer(cfg, resume: bool):
     logger.info("Model:\n{}".format(model))
     model.to(cfg.train.device)
     cfg.optimizer.params.model = model
-    optim = instantiate(cfg.optimizer)
+    optim = with_gradient_clipping(instantiate(cfg.optimizer), cfg.train.get("clip_gradients"))
     with naming_annotation_errors(_dataset_names(cfg.dataloader.train)):
         filter_empty = cfg.dataloader.train.get("dataset", {}).get("filter_empty", True)
         report_datasets(_dataset_names(cfg.dataloader.train), filter_empty)

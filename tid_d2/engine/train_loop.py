@@ -1,5 +1,6 @@
 """Detectron2's SimpleTrainer and AMPTrainer that stop on a NaN/Inf loss, naming it and the iteration,
-and may clip the gradient norm of the whole model."""
+may clip the gradient norm of the whole model, and checkpoint the random state the training step draws
+from (an exact --resume of detectors that sample, such as the RPN and ROI heads)."""
 import math
 from typing import Mapping, Optional
 
@@ -47,6 +48,32 @@ class _FiniteLossMixin:
 
     max_grad_norm: Optional[float] = None
     clipped_steps: int = 0
+    _pending_rng: Optional[dict] = None
+
+    def state_dict(self):
+        """Also torch's random state: a detector's training step may draw from it (R-CNN's anchor and
+        proposal sampling)."""
+        ret = super().state_dict()
+        ret["torch_rng"] = torch.get_rng_state()
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            ret["cuda_rng"] = torch.cuda.get_rng_state_all()
+        return ret
+
+    def load_state_dict(self, state_dict):
+        super().load_state_dict(state_dict)
+        self._pending_rng = {k: state_dict[k] for k in ("torch_rng", "cuda_rng") if k in state_dict}
+
+    def restore_rng(self):
+        """Put back the random state of the loaded checkpoint; call it after the consumed batches were
+        skipped (the data pipeline's draws replay from the seed). Exact in one process: with DDP, the
+        checkpoint holds the main process's state and every process resumes from it."""
+        pending, self._pending_rng = self._pending_rng, None
+        if not pending:
+            return
+        torch.set_rng_state(pending["torch_rng"])
+        cuda = pending.get("cuda_rng")
+        if cuda is not None and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
 
     def after_backward(self):
         if self.max_grad_norm is not None:

@@ -1,0 +1,16 @@
+"""The quickstart MaskRCNN teacher on tid_shapes (CPU): the LazyConfig twin of
+configs/quickstart/MaskRCNN-teacher.yaml.
+
+    python projects/TID/lazy_train_net.py --config-file configs/lazy/quickstart/mask_rcnn_teacher.py
+"""
+from ..common.models.rcnn_quickstart import quickstart_rcnn
+from ..common.quickstart import dataloader, lr_multiplier, optimizer, train
+from ..common.data.shapes import with_masks
+
+with_masks(dataloader)
+
+# TINY_RESNET.{STEM_WIDTH, WIDTHS, DEPTHS}, FPN.OUT_CHANNELS of quickstart/MaskRCNN-teacher.yaml
+model = quickstart_rcnn(32, [32, 64, 128, 256], [2, 2, 2, 2], 64, mask=True)
+optimizer.lr = 0.01  # SOLVER.BASE_LR and SOLVER.CLIP_GRADIENTS of Base-RCNN-quickstart.yaml
+train.clip_gradients = dict(clip_type="norm", clip_value=10.0)
+train.output_dir = "output/quickstart/MaskRCNN-teacher"
