@@ -188,7 +188,7 @@ def test_run_cfg_and_hash():
     fcos = build_run_cfg("FCOS", "distill", seed=0, output_dir="/x", datasets=ds, spec=parse_method("tid"))
     assert fcos.MODEL.DISTILL.STUDENT_META_ARCHITECTURE == "FCOS"
     assert fcos.MODEL.TEACHER.CONFIG_FILE.endswith("quickstart/FCOS-teacher.yaml")
-    with pytest.raises(ValueError, match=r"no realistic configs for --arch FCOS; realistic configs exist for \['GFL', 'ATSS'\]"):
+    with pytest.raises(ValueError, match=r"no realistic configs for --arch FCOS; realistic configs exist for \['GFL', 'ATSS', 'FasterRCNN', 'MaskRCNN'\]"):
         build_run_cfg("FCOS", "student", seed=0, output_dir="/x", datasets=ds, size="realistic")
     a = build_run_cfg("GFL", "student", seed=0, output_dir="/a", datasets=ds)
     b = build_run_cfg("GFL", "student", seed=0, output_dir="/b", datasets=ds)

@@ -20,7 +20,7 @@ from detectron2.utils.events import EventStorage
 
 from conftest import REPO, quickstart_cfg
 from tid_d2.structures import DistillLayout
-from tid_d2.modeling import ATSS, GFL
+from tid_d2.modeling import ATSS, GFL, DistillableRCNN
 from tid_d2.engine.defaults import setup_cfg
 
 LAZY = os.path.join(REPO, "configs", "lazy")
@@ -145,6 +145,12 @@ def _lr_multipliers(scheduler, iters):
         ("mmdet/GFL-R101-2x-ms.yaml", "mmdet/gfl_r101_2x_ms.py"),
         ("mmdet/ATSS-R50-1x.yaml", "mmdet/atss_r50_1x.py"),
         ("mmdet/ATSS-R101-1x.yaml", "mmdet/atss_r101_1x.py"),
+        ("quickstart/FasterRCNN-student.yaml", "quickstart/faster_rcnn_student.py"),
+        ("quickstart/MaskRCNN-teacher.yaml", "quickstart/mask_rcnn_teacher.py"),
+        ("FasterRCNN-R50-FPN-1x.yaml", "faster_rcnn_r50_fpn_1x.py"),
+        ("FasterRCNN-R101-FPN-3x.yaml", "faster_rcnn_r101_fpn_3x.py"),
+        ("MaskRCNN-R50-FPN-1x.yaml", "mask_rcnn_r50_fpn_1x.py"),
+        ("MaskRCNN-R101-FPN-3x.yaml", "mask_rcnn_r101_fpn_3x.py"),
     ],
 )
 def test_yaml_and_lazy_share_the_training_recipe(yaml_file, lazy_name):
@@ -164,6 +170,12 @@ def test_yaml_and_lazy_share_the_training_recipe(yaml_file, lazy_name):
         build_augmentation(y, False)
     )
     assert train.mapper.image_format == y.INPUT.FORMAT
+    assert train.mapper.get("use_instance_mask", False) == y.MODEL.MASK_ON
+    if y.MODEL.MASK_ON:
+        assert train.mapper.instance_mask_format == y.INPUT.MASK_FORMAT
+    clip = y.SOLVER.CLIP_GRADIENTS
+    want = dict(clip_type=clip.CLIP_TYPE, clip_value=clip.CLIP_VALUE) if clip.ENABLED else None
+    assert lz.train.get("clip_gradients") == want
 
     assert lz.optimizer.lr == y.SOLVER.BASE_LR
     assert lz.optimizer.momentum == y.SOLVER.MOMENTUM
@@ -196,6 +208,8 @@ def test_yaml_and_lazy_share_the_training_recipe(yaml_file, lazy_name):
         ("atss_r50_1x.py", "ATSS-R50-1x.yaml", ATSS),
         ("mmdet/gfl_r50_1x.py", "mmdet/GFL-R50-1x.yaml", GFL),
         ("mmdet/atss_r50_1x.py", "mmdet/ATSS-R50-1x.yaml", ATSS),
+        ("faster_rcnn_r50_fpn_1x.py", "FasterRCNN-R50-FPN-1x.yaml", DistillableRCNN),
+        ("mask_rcnn_r50_fpn_1x.py", "MaskRCNN-R50-FPN-1x.yaml", DistillableRCNN),
     ],
 )
 def test_full_size_lazy_configs_build_the_yaml_models(lazy_name, yaml_file, cls):
@@ -229,7 +243,8 @@ def test_lazy_mmdet_teacher_configs_match_the_yaml(lazy_name, yaml_file):
 
 
 def test_r101_lazy_configs_are_r101():
-    for name in ("gfl_r101_2x_ms.py", "atss_r101_1x.py", "mmdet/gfl_r101_2x_ms.py", "mmdet/atss_r101_1x.py"):
+    for name in ("gfl_r101_2x_ms.py", "atss_r101_1x.py", "mmdet/gfl_r101_2x_ms.py", "mmdet/atss_r101_1x.py",
+                 "faster_rcnn_r101_fpn_3x.py", "mask_rcnn_r101_fpn_3x.py"):
         lz = load_lazy(name)
         assert lz.model.backbone.bottom_up.stages.depth == 101
         assert lz.train.init_checkpoint.endswith("R-101.pkl" if "mmdet" not in name else ".pth")
@@ -361,6 +376,20 @@ def test_yaml_and_lazy_build_the_same_tid_model(teachers):
     )
     y, l = yaml_model.distillers["tid"], lazy_model.distillers["tid"]
     assert {k: getattr(y, k) for k in TID_SCALARS} == {k: getattr(l, k) for k in TID_SCALARS}
+
+
+@pytest.mark.parametrize("arch, short", [("FasterRCNN", "faster"), ("MaskRCNN", "mask")])
+def test_full_size_lazy_two_stage_tid_configs_match_the_yaml(arch, short):
+    lz = load_lazy(f"tid_{short}_rcnn_r101_r50_1x.py")
+    y = setup_cfg(os.path.join(REPO, "configs", f"TID-{arch}-R101-R50.yaml"))
+    teacher, student = lz.model.teacher.teacher, lz.model.student
+    assert teacher.backbone.bottom_up.stages.depth == 101 and student.backbone.bottom_up.stages.depth == 50
+    assert (student.roi_heads.mask_head is not None) == (arch == "MaskRCNN") == y.MODEL.MASK_ON
+    assert lz.model.teacher.weights == y.MODEL.TEACHER.WEIGHTS
+    assert lz.model.distillers.methods == list(y.MODEL.DISTILL.METHODS)
+    assert lz.train.init_checkpoint == y.MODEL.WEIGHTS
+    t = setup_cfg(os.path.join(REPO, y.MODEL.TEACHER.CONFIG_FILE))
+    assert t.MODEL.RESNETS.DEPTH == 101 and t.MODEL.MASK_ON == y.MODEL.MASK_ON
 
 
 def test_full_size_lazy_tid_config_pairs_r101_teacher_with_r50_student():

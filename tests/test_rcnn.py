@@ -297,3 +297,43 @@ def test_visualize_areas_on_a_two_stage_pair(rcnn_teachers, tiny_shapes, tmp_pat
     ])
     assert list(summary[image]["fractions"]) == ["p2", "p3", "p4", "p5", "p6"]
     assert summary[image]["num_gt"] > 0 and all(os.path.isfile(f) for f in summary[image]["files"])
+
+
+def test_ddp_two_cpu_processes_distil_a_mask_rcnn(rcnn_teachers, tmp_path):
+    """train_net.py with 2 GLOO processes: box, mask, RPN and TID losses, a student-only checkpoint. (Losses
+    are not compared with one process: each process samples its own anchors and proposals.)"""
+    import json
+    import subprocess
+    import sys
+
+    out = tmp_path / "ddp"
+    env = dict(os.environ, TID_TINY_ROOT=str(tmp_path / "datasets"), TID_TINY_SIDES="128,128", OMP_NUM_THREADS="1")
+    cmd = [
+        sys.executable, os.path.join(REPO, "tests", "_train_tiny.py"), "--num-gpus", "2", "--dist-url", "auto",
+        "--config-file", os.path.join(REPO, "configs", "quickstart", "TID-MaskRCNN.yaml"),
+        "MODEL.TEACHER.WEIGHTS", rcnn_teachers["MaskRCNN"], "OUTPUT_DIR", str(out), "SOLVER.IMS_PER_BATCH", "4",
+        "SOLVER.MAX_ITER", "2", "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()",
+        "INPUT.MIN_SIZE_TRAIN", "(128,)", "INPUT.MAX_SIZE_TRAIN", "128",
+    ]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    last = [json.loads(line) for line in open(out / "metrics.json") if "total_loss" in line][-1]
+    assert {"loss_mask", "loss_rpn_cls", "loss_tid_other"} <= set(last) and math.isfinite(last["total_loss"])
+    ckpt = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
+    assert not any(k.startswith(("teacher", "module.")) for k in ckpt["model"])
+    assert "student.roi_heads.mask_head.predictor.weight" in ckpt["model"]
+
+
+def test_mask_training_on_instances_without_masks_is_an_error_naming_the_dataset(tiny_shapes):
+    from detectron2.data import MetadataCatalog
+
+    name = "tid_shapes_tiny_train_no_masks"
+    if name not in DatasetCatalog:
+        dicts = [dict(d, annotations=[{k: v for k, v in a.items() if k != "segmentation"} for a in d["annotations"]])
+                 for d in DatasetCatalog.get(tiny_shapes[0])]
+        DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
+        MetadataCatalog.get(name).set(json_file="no_masks.json", thing_classes=MetadataCatalog.get(tiny_shapes[0]).thing_classes)
+    masked = quickstart_cfg("MaskRCNN-student", "DATASETS.TRAIN", f"('{name}',)")
+    with pytest.raises(ValueError, match=r"'tid_shapes_tiny_train_no_masks' \(json: no_masks.json\): \d+ of its \d+ instances have no 'segmentation'.*MODEL.MASK_ON False"):
+        TIDTrainer.build_train_loader(masked)
+    TIDTrainer.build_train_loader(quickstart_cfg("FasterRCNN-student", "DATASETS.TRAIN", f"('{name}',)"))

@@ -52,6 +52,7 @@ class DatasetReport:
     crowd: int = 0
     images_without_annotations: int = 0
     images_filtered: int = 0  # removed by filter_images_with_only_crowd_annotations
+    without_mask: int = 0  # non-crowd annotations with no 'segmentation'
     dropped: Dict[str, int] = field(default_factory=lambda: dict.fromkeys(DROP_REASONS, 0))
 
     @property
@@ -103,6 +104,7 @@ def inspect_dataset(name: str, filter_empty: bool = True) -> Optional[DatasetRep
         report.annotations += len(annos)
         report.crowd += len(annos) - len(non_crowd)
         report.images_without_annotations += not non_crowd
+        report.without_mask += sum("segmentation" not in a for a in non_crowd)
         if non_crowd:
             for reason, n in _dropped_boxes(record, non_crowd).items():
                 report.dropped[reason] += n
@@ -111,13 +113,14 @@ def inspect_dataset(name: str, filter_empty: bool = True) -> Optional[DatasetRep
     return report
 
 
-def format_reports(reports: Iterable[DatasetReport]) -> str:
-    """One row per dataset, as a pipe table."""
+def format_reports(reports: Iterable[DatasetReport], masks: bool = False) -> str:
+    """One row per dataset, as a pipe table (`masks`: with the count of instances without a mask)."""
     headers = ["dataset", "images", "annotations", "crowd", "images without annotations",
                "images filtered out"] + [f"dropped: {r}" for r in DROP_REASONS] + ["dropped %"]
     rows = [[r.name, r.images, r.annotations, r.crowd, r.images_without_annotations,
              r.images_filtered] + [r.dropped[k] for k in DROP_REASONS]
-            + [f"{100 * r.dropped_fraction:.2f}"] for r in reports]
+            + [f"{100 * r.dropped_fraction:.2f}"] + ([r.without_mask] if masks else []) for r in reports]
+    headers += ["instances without mask"] if masks else []
     return tabulate(rows, headers=headers, tablefmt="pipe")
 
 
@@ -125,9 +128,9 @@ def format_reports(reports: Iterable[DatasetReport]) -> str:
 _LOGGED: Dict[str, DatasetReport] = {}
 
 
-def _check(report: DatasetReport, warn: bool = True) -> None:
-    """Error for a training set without usable boxes; warning (if `warn`) when many boxes are
-    dropped."""
+def _check(report: DatasetReport, warn: bool = True, masks: bool = False) -> None:
+    """Error for a training set without usable boxes, or (`masks`) with instances without a mask;
+    warning (if `warn`) when many boxes are dropped."""
     if report.boxes == 0 or report.num_dropped == report.boxes:
         what = ("has no annotations" if report.annotations == 0 else
                 f"has no usable box ({report.crowd} crowd annotations, {report.num_dropped} boxes "
@@ -136,6 +139,12 @@ def _check(report: DatasetReport, warn: bool = True) -> None:
             f"training dataset {report.name!r} (json: {report.json_file}) {what} in its "
             f"{report.images} images; a detector cannot learn from it. Check the json's "
             "'annotations' (and their 'image_id's) or DATASETS.TRAIN"
+        )
+    if masks and report.without_mask:
+        raise ValueError(
+            f"training dataset {report.name!r} (json: {report.json_file}): {report.without_mask} of its "
+            f"{report.boxes} instances have no 'segmentation', and a mask head (MODEL.MASK_ON) needs one "
+            "per instance. Add the masks, or train without the mask head (MODEL.MASK_ON False: Faster R-CNN)"
         )
     if warn and report.dropped_fraction > DROPPED_BOX_WARN_FRACTION:
         reasons = ", ".join(f"{n} {k}" for k, n in report.dropped.items() if n)
@@ -147,7 +156,9 @@ def _check(report: DatasetReport, warn: bool = True) -> None:
         )
 
 
-def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> List[DatasetReport]:
+def report_datasets(
+    dataset_names: Iterable[str], filter_empty: bool = True, masks: bool = False
+) -> List[DatasetReport]:
     """
     Log the table of `dataset_names` (the training datasets) and check each one: a dataset with
     no usable box raises ValueError naming it and its json; dropping more than
@@ -155,7 +166,8 @@ def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> 
     per process while a dataset's counts stay the same (a benchmark trains many runs on one). Call
     it once where the train loader is built, before it (`filter_empty`:
     DATALOADER.FILTER_EMPTY_ANNOTATIONS, or `get_detection_dataset_dicts`'s `filter_empty` in a
-    LazyConfig). Returns the reports.
+    LazyConfig). `masks` (MODEL.MASK_ON): every instance needs a mask, else a ValueError names the
+    dataset and the count. Returns the reports.
     """
     names = [dataset_names] if isinstance(dataset_names, str) else list(dataset_names)
     reports, skipped = [], []
@@ -167,10 +179,10 @@ def report_datasets(dataset_names: Iterable[str], filter_empty: bool = True) -> 
             reports.append(report)
     new = [r for r in reports if _LOGGED.get(r.name) != r]
     if new:
-        logger.info("Training data (boxes Detectron2 drops, by reason):\n" + format_reports(new))
+        logger.info("Training data (boxes Detectron2 drops, by reason):\n" + format_reports(new, masks))
     if skipped:
         logger.info(f"Training datasets not inspected (not a list of dicts): {skipped}")
     for report in reports:
-        _check(report, warn=report in new)
+        _check(report, warn=report in new, masks=masks)
         _LOGGED[report.name] = report
     return reports

@@ -138,7 +138,8 @@ def build_lazy_trainer(cfg, resume: bool):
     optim = with_gradient_clipping(instantiate(cfg.optimizer), cfg.train.get("clip_gradients"))
     with naming_annotation_errors(_dataset_names(cfg.dataloader.train)):
         filter_empty = cfg.dataloader.train.get("dataset", {}).get("filter_empty", True)
-        report_datasets(_dataset_names(cfg.dataloader.train), filter_empty)
+        masks = cfg.dataloader.train.get("mapper", {}).get("use_instance_mask", False)
+        report_datasets(_dataset_names(cfg.dataloader.train), filter_empty, masks)
         train_loader = instantiate(cfg.dataloader.train)
 
     model = create_ddp_model(model, **cfg.train.ddp)

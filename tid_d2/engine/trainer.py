@@ -57,7 +57,7 @@ class TIDTrainer(DefaultTrainer):
     @classmethod
     def build_train_loader(cls, cfg):
         with naming_annotation_errors(cfg.DATASETS.TRAIN):
-            report_datasets(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
+            report_datasets(cfg.DATASETS.TRAIN, cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS, cfg.MODEL.MASK_ON)
             return build_detection_train_loader(cfg, mapper=FileNamingDatasetMapper(cfg, True))
 
     @classmethod

@@ -21,9 +21,9 @@ dataloader.test.mapper.augmentations = [
 dataloader.test.num_workers = 1
 
 
-def with_masks(loaders):
-    """The loaders of a Mask R-CNN (MODEL.MASK_ON, INPUT.MASK_FORMAT bitmask): tid_shapes' exact RLE masks
-    reach the model as bitmasks."""
+def with_masks(loaders, mask_format="bitmask"):
+    """The loaders of a Mask R-CNN (MODEL.MASK_ON, INPUT.MASK_FORMAT): instance masks reach the model
+    (tid_shapes' exact RLE masks as bitmasks; COCO's polygons as "polygon")."""
     loaders.train.mapper.use_instance_mask = True
-    loaders.train.mapper.instance_mask_format = "bitmask"
+    loaders.train.mapper.instance_mask_format = mask_format
     return loaders

@@ -9,6 +9,7 @@ def mask_rcnn_fpn():
     """A fresh lazy Mask R-CNN R-50 FPN (80 classes) that can teach and learn."""
     model = model_zoo.get_config("common/models/mask_rcnn_fpn.py").model
     model._target_ = DistillableRCNN
+    model.backbone.bottom_up.freeze_at = 2  # MODEL.BACKBONE.FREEZE_AT, as Detectron2's *_FPN_1x.py set it
     return model
 
 
