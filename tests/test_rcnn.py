@@ -337,3 +337,11 @@ def test_mask_training_on_instances_without_masks_is_an_error_naming_the_dataset
     with pytest.raises(ValueError, match=r"'tid_shapes_tiny_train_no_masks' \(json: no_masks.json\): \d+ of its \d+ instances have no 'segmentation'.*MODEL.MASK_ON False"):
         TIDTrainer.build_train_loader(masked)
     TIDTrainer.build_train_loader(quickstart_cfg("FasterRCNN-student", "DATASETS.TRAIN", f"('{name}',)"))
+
+
+def test_the_cost_batch_of_a_mask_rcnn_carries_masks(tiny_shapes):
+    from tid_d2.benchmark.cost import fixed_batch
+
+    masked = fixed_batch(quickstart_cfg("MaskRCNN-student"), 2)
+    assert all(b["instances"].has("gt_masks") and len(b["instances"].gt_masks) for b in masked)
+    assert not fixed_batch(quickstart_cfg("FasterRCNN-student"), 2)[0]["instances"].has("gt_masks")

@@ -68,7 +68,8 @@ def fixed_batch(
     """
     The first `num_images` images of DATASETS.TRAIN[0] that hold objects, mapped for training
     without random augmentation: resized to exactly `image_size` (h, w), else shortest edge
-    max(INPUT.MIN_SIZE_TRAIN) capped at INPUT.MAX_SIZE_TRAIN; tensors already on `device`.
+    max(INPUT.MIN_SIZE_TRAIN) capped at INPUT.MAX_SIZE_TRAIN; with MODEL.MASK_ON the instance masks too;
+    tensors already on `device`.
     """
     name = cfg.DATASETS.TRAIN[0]
     dicts = [d for d in DatasetCatalog.get(name) if d.get("annotations")][:num_images]
@@ -79,7 +80,8 @@ def fixed_batch(
         aug = [T.Resize(tuple(image_size))]
     else:
         aug = [T.ResizeShortestEdge(max(cfg.INPUT.MIN_SIZE_TRAIN), cfg.INPUT.MAX_SIZE_TRAIN)]
-    mapper = DatasetMapper(is_train=True, augmentations=aug, image_format=cfg.INPUT.FORMAT)
+    mapper = DatasetMapper(is_train=True, augmentations=aug, image_format=cfg.INPUT.FORMAT,
+                           use_instance_mask=cfg.MODEL.MASK_ON, instance_mask_format=cfg.INPUT.MASK_FORMAT)
     batch = [mapper(copy.deepcopy(d)) for d in dicts]
     for b in batch:
         b["image"] = b["image"].to(device)
